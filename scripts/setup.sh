@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing vimanad needs on a fresh Debian machine
+# (run as root). Idempotent: a second run installs nothing.
+set -euo pipefail
+
+packages=(
+    protobuf-compiler # protoc, for the k8s-cri protobufs
+    skopeo            # an independent OCI tool the image tests check against
+    file              # checks that the example component is static
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: cargo not found: install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi

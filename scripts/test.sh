@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine and runs every test: unit tests, the
+# integration tests that drive the real vimanad binary over its CRI socket
+# (as root: containers get namespaces and cgroups), and the example
+# component's own tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup.sh
+scripts/build-example-image.sh debug >/dev/null
+cargo test --workspace --all-targets

@@ -1,0 +1,4 @@
+//! Command-line tools beside the daemon: a small CRI client for operators
+//! and the README demo. Tools may use `anyhow`; the library may not.
+
+pub mod cri;

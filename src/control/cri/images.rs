@@ -1,0 +1,114 @@
+//! The CRI ImageService verbs over the local image store.
+
+use k8s_cri::v1 as cri;
+
+use crate::control::image::Image;
+use crate::control::runtime::Runtime;
+use crate::control::state::now_nanos;
+use crate::control::Error;
+
+impl Runtime {
+    pub fn list_images(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, Error> {
+        let wanted = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match wanted {
+            Some(reference) => self.images.find(&reference)?.into_iter().collect(),
+            None => self.images.list()?,
+        };
+        Ok(images.iter().map(to_cri).collect())
+    }
+
+    pub fn image_status(
+        &self,
+        spec: Option<cri::ImageSpec>,
+    ) -> Result<cri::ImageStatusResponse, Error> {
+        let reference = image_name(spec)?;
+        let image = self.images.find(&reference)?;
+        Ok(cri::ImageStatusResponse {
+            image: image.as_ref().map(to_cri),
+            info: Default::default(),
+        })
+    }
+
+    pub fn pull_image(&self, spec: Option<cri::ImageSpec>) -> Result<String, Error> {
+        let reference = image_name(spec)?;
+        match self.images.find(&reference)? {
+            Some(image) => Ok(image.id),
+            None => Err(Error::NotFound(format!(
+                "image {reference:?} is not in the local image store and registry pulls are not available yet: import it with `vimanad image import`"
+            ))),
+        }
+    }
+
+    pub fn remove_image(&self, spec: Option<cri::ImageSpec>) -> Result<(), Error> {
+        let reference = image_name(spec)?;
+        let Some(image) = self.images.find(&reference)? else {
+            return Ok(());
+        };
+        {
+            let store = self.store();
+            let user = store
+                .pods
+                .values()
+                .find(|p| p.container.as_ref().is_some_and(|c| c.image.id == image.id));
+            if let Some(pod) = user {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {reference:?} is used by container {}; remove the container first",
+                    pod.id
+                )));
+            }
+        }
+        self.images.remove(&reference)?;
+        Ok(())
+    }
+
+    pub fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse, Error> {
+        let usage = self.images.usage()?;
+        let fs = cri::FilesystemUsage {
+            timestamp: now_nanos(),
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: usage.mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value {
+                value: usage.used_bytes,
+            }),
+            inodes_used: Some(cri::UInt64Value {
+                value: usage.inodes_used,
+            }),
+        };
+        Ok(cri::ImageFsInfoResponse {
+            image_filesystems: vec![fs],
+            container_filesystems: Vec::new(),
+        })
+    }
+}
+
+fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, Error> {
+    spec.map(|s| s.image)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::InvalidArgument("no image given".into()))
+}
+
+fn to_cri(image: &Image) -> cri::Image {
+    let user = image.config.user.clone().unwrap_or_default();
+    let uid_part = user.split(':').next().unwrap_or_default();
+    let (uid, username) = match uid_part.parse::<i64>() {
+        Ok(uid) => (Some(cri::Int64Value { value: uid }), String::new()),
+        Err(_) => (None, uid_part.to_owned()),
+    };
+    cri::Image {
+        id: image.id.clone(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid,
+        username,
+        spec: Some(cri::ImageSpec {
+            image: image.id.clone(),
+            ..Default::default()
+        }),
+        pinned: image.pinned,
+    }
+}

@@ -1,0 +1,63 @@
+//! The control plane: the tokio control thread.
+//!
+//! Owns the CRI server on its Unix socket, the pod lifecycle and the store,
+//! container processes and the image store. It publishes the pod pool for
+//! the data plane through `crate::pool` and never touches `crate::shard`.
+
+pub mod container;
+pub mod cri;
+mod error;
+pub mod image;
+mod lifecycle;
+mod runtime;
+mod state;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::Error;
+pub use runtime::{Config, Runtime};
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+
+/// Serves CRI on `config.cri_socket` until `shutdown` completes, then
+/// removes the socket. Containers keep running: they belong to the kubelet.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let socket = config.cri_socket.clone();
+    let listener = bind_socket(&socket)?;
+    let runtime = Runtime::new(config)?;
+    let cri = cri::Cri::new(Arc::clone(&runtime));
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
+        .add_service(ImageServiceServer::new(cri).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result.map_err(|e| Error::Io {
+        what: format!("serve CRI on {}", socket.display()),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// Binds the CRI socket, replacing a stale file but never a live runtime's.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::FailedPrecondition(format!(
+            "CRI socket {} is in use: another runtime is serving there",
+            path.display()
+        )));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(Error::io(format!("bind CRI socket {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    Ok(listener)
+}

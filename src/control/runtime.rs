@@ -1,0 +1,109 @@
+//! The runtime core the CRI verbs work on: configuration, the store, the
+//! image store, cgroups, and one operation lock per pod.
+//!
+//! Mutating calls on one pod are serialised by its operation lock (the
+//! kubelet may retry a call while the first is still running); reads never
+//! take it, so status calls answer at once even during a slow start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::container::cgroup::Hierarchy;
+use super::image::ImageStore;
+use super::state::Store;
+use super::Error;
+use crate::pool::PodId;
+
+/// Settings of the control plane, all with working defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Durable state: images, container layers and records.
+    pub state_dir: PathBuf,
+    /// Volatile state: pod socket directories.
+    pub run_dir: PathBuf,
+    pub cri_socket: PathBuf,
+    /// How long StartContainer waits for a component to become ready.
+    pub start_timeout: Duration,
+    /// The IP reported for every pod: the node's data-plane address.
+    pub pod_ip: String,
+    /// The CRI runtime handler whose pods this runtime runs.
+    pub runtime_handler: String,
+    /// cgroup (relative to each hierarchy's root) holding the containers'.
+    pub cgroup_parent: String,
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub images: Arc<ImageStore>,
+    pub cgroups: Hierarchy,
+    store: Mutex<Store>,
+    op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+        for dir in [&config.state_dir, &config.run_dir] {
+            std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        }
+        std::fs::create_dir_all(config.run_dir.join("pods"))
+            .map_err(Error::io("create the pod socket directory"))?;
+        std::fs::create_dir_all(config.state_dir.join("containers"))
+            .map_err(Error::io("create the container directory"))?;
+        let images = Arc::new(ImageStore::open(&config.state_dir.join("images"))?);
+        let cgroups = Hierarchy::detect();
+        tracing::info!(cgroups = %cgroups.describe(), "control plane ready");
+        Ok(Arc::new(Self {
+            config,
+            images,
+            cgroups,
+            store: Mutex::new(Store::default()),
+            op_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The store, for a short synchronous look or change.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave a half-applied change
+        // that later calls could trust less than a crash; keep serving.
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serialises mutating calls on one pod.
+    pub async fn lock_pod(&self, id: &PodId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub fn forget_lock(&self, id: &PodId) {
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Host directory for a pod's socket: short, so the socket path stays
+    /// under the 108-byte limit of Unix socket addresses.
+    pub fn socket_dir(&self, ordinal: u64) -> PathBuf {
+        self.config.run_dir.join("pods").join(ordinal.to_string())
+    }
+
+    pub fn container_dir(&self, ordinal: u64) -> PathBuf {
+        self.config
+            .state_dir
+            .join("containers")
+            .join(ordinal.to_string())
+    }
+}
+
+/// Parses a pod or container ID from the kubelet. An ID that cannot be ours
+/// is simply unknown.
+pub fn parse_id(id: &str) -> Option<PodId> {
+    id.parse().ok()
+}

@@ -1,0 +1,289 @@
+//! `vimanad`: the command line. Parses flags, sets up logging, and hands
+//! over to the control plane (and, later, the data-plane shards). The only
+//! place `anyhow` is used.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use vimanad::control::{self, image};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "vimanad",
+    version,
+    about = "Vimana work node runtime: CRI control plane and gRPC-over-HTTP/3 data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node runtime: CRI on a Unix socket.
+    Serve(ServeArgs),
+    /// Manage the local image store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// A small CRI client: run, list and remove pods.
+    Cri(cli::cri::CriArgs),
+    /// Internal: the per-container shim started by `serve`.
+    #[command(hide = true)]
+    Shim { spec: PathBuf },
+}
+
+#[derive(Args)]
+struct StateDir {
+    /// Directory of durable state (images, containers).
+    #[arg(long, env = "VIMANAD_STATE_DIR", default_value = "/var/lib/vimanad")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    state: StateDir,
+    /// Directory of volatile state (pod sockets).
+    #[arg(long, env = "VIMANAD_RUN_DIR", default_value = "/run/vimanad")]
+    run_dir: PathBuf,
+    /// The CRI socket the kubelet connects to.
+    #[arg(
+        long,
+        env = "VIMANAD_CRI_SOCKET",
+        default_value = "/run/vimanad/vimanad.sock"
+    )]
+    cri_socket: PathBuf,
+    /// How long StartContainer waits for a component to serve gRPC.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    start_timeout: Duration,
+    /// IP reported for every pod (the node's data-plane address); detected
+    /// when not given.
+    #[arg(long)]
+    pod_ip: Option<String>,
+    /// CRI runtime handler served (RuntimeClass handler).
+    #[arg(long, default_value = "vimana")]
+    runtime_handler: String,
+    /// cgroup under which containers' cgroups are made.
+    #[arg(long, default_value = "vimanad")]
+    cgroup_parent: String,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (directory or tar) into the store.
+    Import {
+        path: PathBuf,
+        /// Name to tag the image with (else the layout's ref.name annotation).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Build an OCI image (FROM scratch) holding one component binary.
+    Pack {
+        /// The component's (static) executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Image name, e.g. example.com/echo:1.0.0.
+        #[arg(long)]
+        name: String,
+        /// Output OCI image layout: a .tar file or a directory.
+        #[arg(long)]
+        output: PathBuf,
+        /// Path of the binary inside the image.
+        #[arg(long, default_value = "/component")]
+        entrypoint_path: String,
+    },
+    /// List the images in the store.
+    Ls {
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Remove an image (by name or ID).
+    Rm {
+        reference: String,
+        #[command(flatten)]
+        state: StateDir,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 30s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The shim forks: it must stay single-threaded, so it runs before any
+    // runtime or logging thread exists.
+    if let Command::Shim { spec } = &cli.command {
+        return std::process::ExitCode::from(control::container::shim::main(spec) as u8);
+    }
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vimanad: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args),
+        Command::Image(cmd) => image_command(cmd),
+        Command::Cri(args) => cli::cri::run(args),
+        Command::Shim { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let config = control::Config {
+        state_dir: args.state.state_dir,
+        run_dir: args.run_dir,
+        cri_socket: args.cri_socket,
+        start_timeout: args.start_timeout,
+        pod_ip: args.pod_ip.unwrap_or_else(detect_node_ip),
+        runtime_handler: args.runtime_handler,
+        cgroup_parent: args.cgroup_parent,
+    };
+    // The control thread: one tokio runtime on one thread (SPEC.md §2).
+    let control = std::thread::Builder::new()
+        .name("vimanad-control".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the control thread's runtime")?;
+            rt.block_on(control::serve(config, shutdown_signal()))?;
+            tracing::info!("control plane stopped");
+            Ok(())
+        })
+        .context("spawn the control thread")?;
+    control
+        .join()
+        .map_err(|_| anyhow::anyhow!("the control thread panicked"))?
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// The first non-loopback IPv4 address of an interface that is up.
+fn detect_node_ip() -> String {
+    nix::ifaddrs::getifaddrs()
+        .ok()
+        .and_then(|addrs| {
+            addrs
+                .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip())))
+                .find(|ip| !ip.is_loopback())
+        })
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
+    let open = |state: &StateDir| {
+        image::ImageStore::open(&state.state_dir.join("images"))
+            .with_context(|| format!("open the image store in {}", state.state_dir.display()))
+    };
+    match cmd {
+        ImageCommand::Import { path, name, state } => {
+            for img in open(&state)?.import(&path, name.as_deref())? {
+                println!("imported {} {}", img.id, img.repo_tags.join(" "));
+            }
+        }
+        ImageCommand::Pack {
+            binary,
+            name,
+            output,
+            entrypoint_path,
+        } => {
+            let packed = image::pack(&image::PackOptions {
+                binary,
+                name,
+                output: output.clone(),
+                entrypoint_path,
+                args: Vec::new(),
+                env: Vec::new(),
+            })?;
+            println!(
+                "packed {} ({}) into {}",
+                packed.name,
+                packed.id,
+                output.display()
+            );
+        }
+        ImageCommand::Ls { state } => {
+            println!("{:<72} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for img in open(&state)?.list()? {
+                let id = img
+                    .id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or_default()
+                    .to_owned();
+                let names = if img.repo_tags.is_empty() {
+                    vec!["<none>".to_owned()]
+                } else {
+                    img.repo_tags.clone()
+                };
+                for name in names {
+                    println!("{name:<72} {id:<20} {:>10}", img.size);
+                }
+            }
+        }
+        ImageCommand::Rm { reference, state } => {
+            if open(&state)?.remove(&reference)? {
+                println!("removed {reference}");
+            } else {
+                anyhow::bail!("no image {reference:?} in the store");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! Test harness: a real `vimanad serve` in a private root, driven over its
+//! real CRI Unix socket, with the example component image imported.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const IMAGE: &str = "example.com/vimana-example:1.0.0";
+pub const SERVICE: &str = "vimana.example.v1.Echo";
+
+/// The example component image built by scripts/build-example.sh.
+pub fn example_image_tar() -> PathBuf {
+    let path = std::env::var_os("VIMANA_EXAMPLE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/example/vimana-example.oci.tar")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: build it with scripts/build-example.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn vimanad() -> &'static str {
+    env!("CARGO_BIN_EXE_vimanad")
+}
+
+/// One running node runtime.
+pub struct Node {
+    pub root: tempfile::TempDir,
+    pub process: Child,
+    pub cgroup_parent: String,
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Node {
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.path().join("run")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("cri.sock")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.path().join("logs")
+    }
+
+    /// Starts vimanad with the example image in its store.
+    pub async fn start() -> Node {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Node {
+        let root = tempfile::Builder::new()
+            .prefix("vt")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let state = root.path().join("state");
+        let import = Command::new(vimanad())
+            .args(["image", "import"])
+            .arg(example_image_tar())
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            import.status.success(),
+            "image import: {}",
+            String::from_utf8_lossy(&import.stderr)
+        );
+        let cgroup_parent = format!(
+            "vimanad-test-{}",
+            root.path().file_name().unwrap().to_string_lossy()
+        );
+        let log = std::fs::File::create(root.path().join("vimanad.log")).unwrap();
+        let process = Command::new(vimanad())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--run-dir")
+            .arg(root.path().join("run"))
+            .arg("--cri-socket")
+            .arg(root.path().join("cri.sock"))
+            .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let socket = root.path().join("cri.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "vimanad did not open its CRI socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let channel = uds_channel(socket).await;
+        Node {
+            root,
+            process,
+            cgroup_parent,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("vimanad.log")).unwrap_or_default()
+    }
+
+    /// RunPodSandbox for a pod of `component` = (domain, service, version).
+    pub async fn run_pod(&mut self, name: &str, component: (&str, &str, &str)) -> String {
+        let mut req = run_pod_request(name, component);
+        req.config.as_mut().unwrap().log_directory =
+            self.log_dir().join(name).display().to_string();
+        self.runtime
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    pub async fn create(
+        &mut self,
+        pod_id: &str,
+        name: &str,
+        envs: &[(&str, &str)],
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.sandbox_config(pod_id).await;
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(container_config(name, envs)),
+            sandbox_config: Some(sandbox),
+        };
+        self.runtime
+            .create_container(req)
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StartContainerRequest {
+            container_id: id.to_owned(),
+        };
+        self.runtime.start_container(req).await.map(|_| ())
+    }
+
+    pub async fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let req = cri::StopContainerRequest {
+            container_id: id.to_owned(),
+            timeout,
+        };
+        self.runtime.stop_container(req).await.map(|_| ())
+    }
+
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::RemoveContainerRequest {
+            container_id: id.to_owned(),
+        };
+        self.runtime.remove_container(req).await.map(|_| ())
+    }
+
+    pub async fn stop_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_owned(),
+        };
+        self.runtime.stop_pod_sandbox(req).await.map(|_| ())
+    }
+
+    pub async fn remove_pod(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_owned(),
+        };
+        self.runtime.remove_pod_sandbox(req).await.map(|_| ())
+    }
+
+    pub async fn pod_status(
+        &mut self,
+        id: &str,
+    ) -> Result<cri::PodSandboxStatusResponse, tonic::Status> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: true,
+        };
+        self.runtime
+            .pod_sandbox_status(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn container_status(
+        &mut self,
+        id: &str,
+    ) -> Result<cri::ContainerStatusResponse, tonic::Status> {
+        let req = cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        };
+        self.runtime
+            .container_status(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn state(&mut self, id: &str) -> cri::ContainerState {
+        let status = self.container_status(id).await.unwrap().status.unwrap();
+        cri::ContainerState::try_from(status.state).unwrap()
+    }
+
+    /// Waits until the container reaches `state`.
+    pub async fn wait_state(
+        &mut self,
+        id: &str,
+        state: cri::ContainerState,
+    ) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.container_status(id).await.unwrap().status.unwrap();
+            if status.state == state as i32 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never reached {state:?}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn sandbox_config(&mut self, pod_id: &str) -> cri::PodSandboxConfig {
+        // The kubelet passes the config it ran the pod with; rebuild it from
+        // the status the way a test client can.
+        let status = self.pod_status(pod_id).await.unwrap().status.unwrap();
+        let meta = status.metadata.unwrap();
+        let component = (
+            status.labels["vimana.host/domain"].as_str(),
+            status.labels["vimana.host/service"].as_str(),
+            status.labels["vimana.host/version"].as_str(),
+        );
+        let mut req = run_pod_request(&meta.name, component);
+        req.config.as_mut().unwrap().log_directory =
+            self.log_dir().join(&meta.name).display().to_string();
+        req.config.unwrap()
+    }
+
+    /// The host path of a pod's component socket.
+    pub async fn component_socket(&mut self, pod_id: &str) -> PathBuf {
+        PathBuf::from(&self.pod_status(pod_id).await.unwrap().info["socket"])
+    }
+
+    /// The host PID of a running container.
+    pub async fn pid(&mut self, id: &str) -> i32 {
+        self.container_status(id).await.unwrap().info["pid"]
+            .parse()
+            .unwrap()
+    }
+
+    /// A full pod, running: RunPodSandbox, CreateContainer, StartContainer.
+    pub async fn running_pod(&mut self, name: &str, component: (&str, &str, &str)) -> String {
+        let id = self.run_pod(name, component).await;
+        self.create(&id, "component", &[]).await.unwrap();
+        self.start_container(&id).await.unwrap();
+        id
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Shims outlive vimanad by design; a test's must not outlive it.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        kill_processes_mentioning(self.root.path());
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `path` (the shims of
+/// one test node; their containers follow by parent-death signal).
+pub fn kill_processes_mentioning(path: &Path) {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn remove_cgroups(parent: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let group = controller.path().join(parent);
+        for _ in 0..100 {
+            if let Ok(children) = std::fs::read_dir(&group) {
+                for child in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            if std::fs::remove_dir(&group).is_ok() || !group.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn run_pod_request(
+    name: &str,
+    (domain, service, version): (&str, &str, &str),
+) -> cri::RunPodSandboxRequest {
+    let labels: HashMap<String, String> = [
+        ("vimana.host/domain", domain),
+        ("vimana.host/service", service),
+        ("vimana.host/version", version),
+        ("app", name),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.to_owned(),
+                uid: format!("uid-{name}"),
+                namespace: "default".to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.to_owned(),
+            log_directory: String::new(),
+            labels,
+            annotations: [("note".to_owned(), format!("pod {name}"))]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }),
+        runtime_handler: "vimana".to_owned(),
+    }
+}
+
+pub fn container_config(name: &str, envs: &[(&str, &str)]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.to_owned(),
+            ..Default::default()
+        }),
+        envs: envs
+            .iter()
+            .map(|(k, v)| cri::KeyValue {
+                key: (*k).to_owned(),
+                value: (*v).to_owned(),
+            })
+            .collect(),
+        labels: [("container".to_owned(), name.to_owned())]
+            .into_iter()
+            .collect(),
+        annotations: [("kind".to_owned(), "example".to_owned())]
+            .into_iter()
+            .collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+/// A gRPC channel over a Unix socket.
+pub async fn uds_channel(path: PathBuf) -> Channel {
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .expect("connect over unix socket")
+}
+
+pub fn is_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}

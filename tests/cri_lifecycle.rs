@@ -1,0 +1,502 @@
+//! The whole pod lifecycle over the real CRI socket: several pods of two
+//! components, every idempotent repeat, every invalid transition, the List
+//! filters, and the component really serving gRPC once StartContainer returns.
+
+mod common;
+
+use common::*;
+use k8s_cri::v1 as cri;
+use tonic::Code;
+use vimana_example::pb;
+
+const A: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
+const B: (&str, &str, &str) = ("example.org", SERVICE, "2.1.0");
+
+#[tokio::test]
+async fn pods_of_two_components_through_the_whole_lifecycle() {
+    let mut node = Node::start().await;
+
+    // RunPodSandbox, and its retry.
+    let a0 = node.run_pod("a0", A).await;
+    assert_eq!(a0, "example.com:vimana.example.v1.Echo@1.0.0#0");
+    assert_eq!(
+        node.run_pod("a0", A).await,
+        a0,
+        "a retry returns the same pod"
+    );
+    let mut changed = run_pod_request("a0", A);
+    changed.config.as_mut().unwrap().hostname = "other".into();
+    let err = node.runtime.run_pod_sandbox(changed).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    let a1 = node.run_pod("a1", A).await;
+    let b0 = node.run_pod("b0", B).await;
+    assert_eq!(a1, "example.com:vimana.example.v1.Echo@1.0.0#1");
+    assert_eq!(b0, "example.org:vimana.example.v1.Echo@2.1.0#2");
+    assert_eq!(
+        node.pod_status(&a0).await.unwrap().status.unwrap().state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+
+    // StartContainer before CreateContainer: there is no container.
+    assert_eq!(
+        node.start_container(&a0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        node.container_status(&a0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // CreateContainer, and its retries.
+    for pod in [&a0, &a1, &b0] {
+        assert_eq!(
+            &node.create(pod, "component", &[]).await.unwrap(),
+            pod,
+            "container ID = pod ID"
+        );
+        assert_eq!(
+            &node.create(pod, "component", &[]).await.unwrap(),
+            pod,
+            "retry"
+        );
+    }
+    let err = node
+        .create(&a0, "component", &[("X", "1")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
+
+    // Invalid transitions change nothing.
+    assert_eq!(
+        node.remove_pod(&a0).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
+
+    // StartContainer, and its retry.
+    for pod in [&a0, &a1, &b0] {
+        node.start_container(pod).await.unwrap();
+        node.start_container(pod).await.unwrap();
+        assert_eq!(node.state(pod).await, cri::ContainerState::ContainerRunning);
+    }
+    let err = node.remove_container(&a0).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerRunning);
+    let err = node.remove_pod(&a0).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    // What ContainerStatus reports.
+    let status = node.container_status(&a0).await.unwrap().status.unwrap();
+    assert_eq!(status.id, a0);
+    assert_eq!(status.metadata.as_ref().unwrap().name, "component");
+    assert!(
+        status.created_at > 0 && status.started_at >= status.created_at,
+        "{status:?}"
+    );
+    assert_eq!(status.finished_at, 0);
+    assert_eq!(status.image.as_ref().unwrap().image, IMAGE);
+    assert!(
+        status.image_ref.starts_with("sha256:"),
+        "{}",
+        status.image_ref
+    );
+    assert_eq!(status.labels["container"], "component");
+    assert_eq!(status.annotations["kind"], "example");
+    assert_eq!(
+        status.log_path,
+        node.log_dir()
+            .join("a0/component/0.log")
+            .display()
+            .to_string()
+    );
+    let pod_status = node.pod_status(&a0).await.unwrap().status.unwrap();
+    assert_eq!(pod_status.network.unwrap().ip, "127.0.0.1");
+    assert_eq!(pod_status.labels["vimana.host/domain"], "example.com");
+    assert_eq!(pod_status.annotations["note"], "pod a0");
+    assert_eq!(pod_status.runtime_handler, "vimana");
+
+    // Each component serves gRPC on its socket, as its own pod.
+    for pod in [&a0, &a1, &b0] {
+        let socket = node.component_socket(pod).await;
+        let mut client = pb::echo_client::EchoClient::new(uds_channel(socket).await);
+        let reply = client
+            .unary(pb::EchoRequest {
+                message: "hi".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.message, "hi");
+        assert_eq!(&reply.served_by, pod);
+    }
+
+    // StopContainer (graceful: the component exits 0 on SIGTERM), and retry.
+    let pid = node.pid(&a0).await;
+    node.stop_container(&a0, 10).await.unwrap();
+    node.stop_container(&a0, 10).await.unwrap();
+    assert!(!is_alive(pid), "the component process is gone");
+    let status = node.container_status(&a0).await.unwrap().status.unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 0);
+    assert_eq!(status.reason, "Completed");
+    assert!(status.finished_at >= status.started_at);
+
+    // Stopped may start again.
+    node.start_container(&a0).await.unwrap();
+    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerRunning);
+    node.stop_container(&a0, 0).await.unwrap();
+    let status = node.container_status(&a0).await.unwrap().status.unwrap();
+    assert_eq!(status.exit_code, 137, "timeout 0 means SIGKILL: {status:?}");
+
+    // RemoveContainer, retry; Removed may be created again.
+    node.remove_container(&a0).await.unwrap();
+    node.remove_container(&a0).await.unwrap();
+    assert_eq!(
+        node.container_status(&a0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    node.create(&a0, "component", &[]).await.unwrap();
+    node.start_container(&a0).await.unwrap();
+
+    // StopPodSandbox from Running kills the container; then the kubelet's
+    // usual order: RemoveContainer, RemovePodSandbox.
+    let pid = node.pid(&a0).await;
+    node.stop_pod(&a0).await.unwrap();
+    node.stop_pod(&a0).await.unwrap();
+    assert!(!is_alive(pid));
+    let pod_status = node.pod_status(&a0).await.unwrap().status.unwrap();
+    assert_eq!(
+        pod_status.state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerExited);
+    assert_eq!(
+        node.create(&a0, "component", &[]).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        node.start_container(&a0).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    node.remove_container(&a0).await.unwrap();
+    let err = node.create(&a0, "again", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    node.remove_pod(&a0).await.unwrap();
+    node.remove_pod(&a0).await.unwrap();
+    assert_eq!(
+        node.pod_status(&a0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // StopPodSandbox straight from Initiated, and from Created.
+    let a2 = node.run_pod("a2", A).await;
+    node.stop_pod(&a2).await.unwrap();
+    node.remove_pod(&a2).await.unwrap();
+    let a3 = node.run_pod("a3", A).await;
+    node.create(&a3, "component", &[]).await.unwrap();
+    node.stop_pod(&a3).await.unwrap();
+    node.remove_pod(&a3).await.unwrap();
+
+    // The others kept serving throughout; stop them the kubelet's way.
+    for pod in [&a1, &b0] {
+        assert_eq!(node.state(pod).await, cri::ContainerState::ContainerRunning);
+        node.stop_container(pod, 5).await.unwrap();
+        node.stop_pod(pod).await.unwrap();
+        node.remove_container(pod).await.unwrap();
+        node.remove_pod(pod).await.unwrap();
+    }
+    let all = node
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap();
+    assert!(all.into_inner().items.is_empty());
+}
+
+#[tokio::test]
+async fn list_calls_honour_their_filters() {
+    let mut node = Node::start().await;
+    let a0 = node.running_pod("a0", A).await;
+    let a1 = node.run_pod("a1", A).await;
+    node.create(&a1, "component", &[]).await.unwrap();
+    let b0 = node.running_pod("b0", B).await;
+    node.stop_container(&b0, 5).await.unwrap();
+    node.stop_pod(&b0).await.unwrap();
+
+    let pods = |filter: cri::PodSandboxFilter| {
+        let mut rt = node.runtime.clone();
+        async move {
+            let mut ids: Vec<String> = rt
+                .list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        pods(Default::default()).await,
+        vec![a0.clone(), a1.clone(), b0.clone()]
+    );
+    assert_eq!(
+        pods(cri::PodSandboxFilter {
+            id: a1.clone(),
+            ..Default::default()
+        })
+        .await,
+        vec![a1.clone()]
+    );
+    let ready = cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxReady as i32,
+    };
+    assert_eq!(
+        pods(cri::PodSandboxFilter {
+            state: Some(ready),
+            ..Default::default()
+        })
+        .await,
+        vec![a0.clone(), a1.clone()]
+    );
+    let notready = cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxNotready as i32,
+    };
+    assert_eq!(
+        pods(cri::PodSandboxFilter {
+            state: Some(notready),
+            ..Default::default()
+        })
+        .await,
+        vec![b0.clone()]
+    );
+    let selector = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        pods(cri::PodSandboxFilter {
+            label_selector: selector(&[("vimana.host/domain", "example.com")]),
+            ..Default::default()
+        })
+        .await,
+        vec![a0.clone(), a1.clone()]
+    );
+    assert_eq!(
+        pods(cri::PodSandboxFilter {
+            label_selector: selector(&[("vimana.host/domain", "example.com"), ("app", "a1")]),
+            ..Default::default()
+        })
+        .await,
+        vec![a1.clone()]
+    );
+    assert!(pods(cri::PodSandboxFilter {
+        id: "nope".into(),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+
+    let containers = |filter: cri::ContainerFilter| {
+        let mut rt = node.runtime.clone();
+        async move {
+            let mut ids: Vec<(String, i32)> = rt
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    use cri::ContainerState::*;
+    let all = containers(Default::default()).await;
+    assert_eq!(
+        all,
+        vec![
+            (a0.clone(), ContainerRunning as i32),
+            (a1.clone(), ContainerCreated as i32),
+            (b0.clone(), ContainerExited as i32)
+        ]
+    );
+    let state = |s: cri::ContainerState| Some(cri::ContainerStateValue { state: s as i32 });
+    assert_eq!(
+        containers(cri::ContainerFilter {
+            state: state(ContainerRunning),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        containers(cri::ContainerFilter {
+            state: state(ContainerExited),
+            ..Default::default()
+        })
+        .await[0]
+            .0,
+        b0
+    );
+    assert_eq!(
+        containers(cri::ContainerFilter {
+            pod_sandbox_id: a1.clone(),
+            ..Default::default()
+        })
+        .await[0]
+            .0,
+        a1
+    );
+    assert_eq!(
+        containers(cri::ContainerFilter {
+            id: a0.clone(),
+            ..Default::default()
+        })
+        .await[0]
+            .0,
+        a0
+    );
+    assert_eq!(
+        containers(cri::ContainerFilter {
+            label_selector: selector(&[("container", "component")]),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    assert!(containers(cri::ContainerFilter {
+        label_selector: selector(&[("container", "x")]),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    assert!(containers(cri::ContainerFilter {
+        pod_sandbox_id: "x".into(),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+}
+
+#[tokio::test]
+async fn the_component_serves_all_four_call_kinds_once_started() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("a0", A).await;
+    // No sleep, no retry: StartContainer returned, so it serves now.
+    let socket = node.component_socket(&pod).await;
+    let mut client = pb::echo_client::EchoClient::new(uds_channel(socket.clone()).await);
+
+    let reply = client
+        .unary(pb::EchoRequest {
+            message: "one".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "one");
+
+    let mut stream = client
+        .server_stream(pb::StreamRequest {
+            message: "s".into(),
+            count: 3,
+            interval_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        seen.push(reply.sequence);
+    }
+    assert_eq!(seen, vec![0, 1, 2]);
+
+    let requests = (0..4).map(|i| pb::EchoRequest {
+        message: i.to_string(),
+        ..Default::default()
+    });
+    let reply = client
+        .client_stream(futures::stream::iter(requests.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.message.contains("0123"), "{reply:?}");
+
+    let mut replies = client
+        .bidi(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(reply) = replies.message().await.unwrap() {
+        assert_eq!(reply.message, n.to_string());
+        n += 1;
+    }
+    assert_eq!(n, 4);
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(uds_channel(socket).await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test]
+async fn a_crashing_component_is_exited_with_its_code_at_once() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("a0", A).await;
+    let pid = node.pid(&pod).await;
+    let socket = node.component_socket(&pod).await;
+    let mut client = pb::echo_client::EchoClient::new(uds_channel(socket).await);
+    let err = client
+        .unary(pb::EchoRequest {
+            crash: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    let status = node
+        .wait_state(&pod, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(status.exit_code, vimana_example::CRASH_EXIT_CODE);
+    assert_eq!(status.reason, "Error");
+    assert!(status.finished_at > status.started_at);
+    assert!(!is_alive(pid));
+    // A crashed container is stopped: it may be started again.
+    node.start_container(&pod).await.unwrap();
+    assert_eq!(
+        node.state(&pod).await,
+        cri::ContainerState::ContainerRunning
+    );
+
+    // Killed from outside by a signal: 128 + 9.
+    let pid = node.pid(&pod).await;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = node
+        .wait_state(&pod, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(status.exit_code, 137);
+}
