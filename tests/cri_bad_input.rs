@@ -50,7 +50,8 @@ async fn unknown_ids() {
 #[tokio::test]
 async fn invalid_pods_are_refused_naming_the_label() {
     let mut node = Node::start().await;
-    let cases: Vec<(Box<dyn Fn(&mut cri::RunPodSandboxRequest)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut cri::RunPodSandboxRequest)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|r| {
                 r.config
