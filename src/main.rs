@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vimanad::control::{self, image};
+use vimanad::shard;
 
 mod cli;
 
@@ -31,6 +32,8 @@ enum Command {
     Image(ImageCommand),
     /// A small CRI client: run, list and remove pods.
     Cri(cli::cri::CriArgs),
+    /// Make one gRPC call over HTTP/3.
+    Call(cli::call::CallArgs),
     /// Internal: the per-container shim started by `serve`.
     #[command(hide = true)]
     Shim { spec: PathBuf },
@@ -67,6 +70,37 @@ struct ServeArgs {
     /// CRI runtime handler served (RuntimeClass handler).
     #[arg(long, default_value = "vimana")]
     runtime_handler: String,
+    /// Data plane: UDP address for gRPC over HTTP/3.
+    #[arg(long, env = "VIMANAD_LISTEN", default_value = "[::]:443")]
+    listen: std::net::SocketAddr,
+    /// Data-plane shards, one per core (default: every core this process may use).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// TLS certificate (PEM) for QUIC; a self-signed one is generated in
+    /// STATE_DIR/tls when not given.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for QUIC.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest gRPC request message accepted, in bytes.
+    #[arg(long, default_value = "4194304")]
+    max_message_size: usize,
+    /// QUIC connections per shard.
+    #[arg(long, default_value = "10000")]
+    max_connections: usize,
+    /// Connections per shard above which new clients must pass a Retry.
+    #[arg(long, default_value = "2000")]
+    retry_above: usize,
+    /// Concurrent streams per QUIC connection.
+    #[arg(long, default_value = "256")]
+    max_streams: usize,
+    /// Idle timeout of QUIC connections.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// On SIGTERM, how long in-flight calls may take to finish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
     /// cgroup under which containers' cgroups are made.
     #[arg(long, default_value = "vimanad")]
     cgroup_parent: String,
@@ -138,7 +172,17 @@ fn main() -> std::process::ExitCode {
     if let Command::Shim { spec } = &cli.command {
         return std::process::ExitCode::from(control::container::shim::main(spec) as u8);
     }
-    match run(cli.command) {
+    // `call` exits with the call's grpc-status, so it returns its own code.
+    let command = match cli.command {
+        Command::Call(args) => {
+            return cli::call::run(args).unwrap_or_else(|e| {
+                eprintln!("vimanad call: {e:#}");
+                std::process::ExitCode::FAILURE
+            })
+        }
+        command => command,
+    };
+    match run(command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vimanad: {e:#}");
@@ -152,7 +196,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
-        Command::Shim { .. } => unreachable!("handled in main"),
+        Command::Shim { .. } | Command::Call(_) => unreachable!("handled in main"),
     }
 }
 
@@ -171,6 +215,24 @@ fn init_logging(format: &str) {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
+    let publisher = vimanad::pool::Publisher::new();
+    let data_plane = shard::Config {
+        listen: args.listen,
+        shards: args
+            .shards
+            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len())),
+        tls: shard::tls_files(args.tls_cert, args.tls_key, &args.state.state_dir)
+            .context("prepare the TLS certificate")?,
+        idle_timeout: args.idle_timeout,
+        drain_timeout: args.drain_timeout,
+        settings: shard::Settings {
+            max_connections: args.max_connections,
+            retry_above: args.retry_above,
+            max_streams_per_conn: args.max_streams,
+            max_message_size: args.max_message_size,
+        },
+    };
+    let shards = shard::start(&data_plane, &publisher).context("start the data plane")?;
     let config = control::Config {
         state_dir: args.state.state_dir,
         run_dir: args.run_dir,
@@ -188,7 +250,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("start the control thread's runtime")?;
-            rt.block_on(control::serve(config, shutdown_signal()))?;
+            rt.block_on(control::serve(config, publisher, shutdown_signal()))?;
             tracing::info!("control plane stopped");
             Ok(())
         })

@@ -24,10 +24,14 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
 /// Serves CRI on `config.cri_socket` until `shutdown` completes, then
 /// removes the socket. Containers keep running: they belong to the kubelet.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn serve(
+    config: Config,
+    publisher: crate::pool::Publisher,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let socket = config.cri_socket.clone();
     let listener = bind_socket(&socket)?;
-    let runtime = Runtime::new(config)?;
+    let runtime = Runtime::new(config, publisher)?;
     let cri = cri::Cri::new(Arc::clone(&runtime));
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -15,6 +15,7 @@ use super::image::ImageStore;
 use super::state::Store;
 use super::Error;
 use crate::pool::PodId;
+use crate::pool::Publisher;
 
 /// Settings of the control plane, all with working defaults.
 #[derive(Debug, Clone)]
@@ -39,11 +40,12 @@ pub struct Runtime {
     pub images: Arc<ImageStore>,
     pub cgroups: Hierarchy,
     store: Mutex<Store>,
+    publisher: Publisher,
     op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Runtime {
-    pub fn new(config: Config) -> Result<Arc<Self>, Error> {
+    pub fn new(config: Config, publisher: Publisher) -> Result<Arc<Self>, Error> {
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
         }
@@ -59,6 +61,7 @@ impl Runtime {
             images,
             cgroups,
             store: Mutex::new(Store::default()),
+            publisher,
             op_locks: Mutex::new(HashMap::new()),
         }))
     }
@@ -70,6 +73,13 @@ impl Runtime {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes the pod pool to the shards; call after every change to
+    /// `store.pool`, before the CRI call that made it returns.
+    pub fn publish(&self, store: &Store) {
+        let generation = self.publisher.publish(&store.pool);
+        tracing::debug!(generation, "pod pool published");
     }
 
     /// Serialises mutating calls on one pod.

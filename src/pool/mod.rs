@@ -1,13 +1,17 @@
 //! The pod pool: the vocabulary both planes share.
 //!
 //! Owns component names (`DOMAIN:SERVICE@VERSION`), pod/container IDs
-//! (`...#N`), and the two maps of the pool: the component map (component →
-//! running containers, read by the data plane) and the ID map (pod ID →
-//! component, for the control plane's two-step lookups). It knows nothing of
-//! CRI, processes or QUIC.
+//! (`...#N`), the two maps of the pool — the component map (component →
+//! running containers) and the ID map (pod ID → component) — and the
+//! immutable routing snapshot the control thread publishes to the shards
+//! through RCU. It knows nothing of CRI, processes or QUIC.
 
 mod names;
+mod publish;
+mod snapshot;
 mod table;
 
 pub use names::{ComponentName, NameError, PodId};
+pub use publish::{Publisher, Reader};
+pub use snapshot::{Route, Snapshot, Version};
 pub use table::{Endpoint, PodPool};

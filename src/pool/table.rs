@@ -13,6 +13,9 @@ use super::{ComponentName, PodId};
 pub struct Endpoint {
     pub id: PodId,
     pub socket: PathBuf,
+    /// Which start of the container this is: a container started again
+    /// serves on the same socket path but is a different upstream.
+    pub incarnation: u64,
 }
 
 /// The component map (component → running containers, by ordinal) and the
@@ -37,7 +40,7 @@ impl PodPool {
     }
 
     /// Makes a pod's container routable at `socket`.
-    pub fn set_running(&mut self, id: &PodId, socket: PathBuf) {
+    pub fn set_running(&mut self, id: &PodId, socket: PathBuf, incarnation: u64) {
         self.ids.insert(id.clone(), id.component().clone());
         self.components
             .entry(id.component().clone())
@@ -47,6 +50,7 @@ impl PodPool {
                 Endpoint {
                     id: id.clone(),
                     socket,
+                    incarnation,
                 },
             );
     }
@@ -83,6 +87,11 @@ impl PodPool {
         self.components.iter().map(|(c, m)| (c, m.values()))
     }
 
+    /// Every component some pod names, running or not.
+    pub fn known_components(&self) -> impl Iterator<Item = &ComponentName> {
+        self.ids.values()
+    }
+
     /// How many pods the ID map knows.
     pub fn pod_count(&self) -> usize {
         self.ids.len()
@@ -109,9 +118,9 @@ mod tests {
         assert_eq!(pool.pod_count(), 3);
         assert_eq!(pool.running(a0.component()).count(), 0);
 
-        pool.set_running(&a0, "/s/0".into());
-        pool.set_running(&a1, "/s/1".into());
-        pool.set_running(&b2, "/s/2".into());
+        pool.set_running(&a0, "/s/0".into(), 1);
+        pool.set_running(&a1, "/s/1".into(), 1);
+        pool.set_running(&b2, "/s/2".into(), 1);
         let sockets: Vec<_> = pool
             .running(a0.component())
             .map(|e| e.socket.clone())

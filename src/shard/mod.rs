@@ -2,4 +2,185 @@
 //!
 //! Owns UDP sockets, QUIC connections, HTTP/3 streams, gRPC routing and the
 //! core-local upstream HTTP/2 pools. It reads the pod pool only through the
-//! published routing snapshot (`crate::pool`) and never touches `control`.
+//! published routing snapshot (`crate::pool::Reader`) and never touches
+//! `control`. Nothing on the request path takes a lock or crosses cores.
+
+mod call;
+mod conn;
+mod endpoint;
+mod grpc;
+mod respond;
+mod stream;
+pub mod tls;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::pool::Publisher;
+
+/// Limits that protect a shard from its clients.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// QUIC connections per shard; Initials beyond are dropped.
+    pub max_connections: usize,
+    /// Above this many connections a shard validates addresses with Retry.
+    pub retry_above: usize,
+    /// Concurrent streams per connection.
+    pub max_streams_per_conn: usize,
+    /// Largest request message, in bytes.
+    pub max_message_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub tls: tls::TlsFiles,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub settings: Settings,
+}
+
+/// The running shards.
+pub struct Shards {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+const MAX_DATAGRAM: usize = 1350;
+
+/// Starts `config.shards` shards, each pinned to a core and bound to the
+/// listen address; returns once all are serving (or the first error).
+pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut shards = Shards {
+        threads: Vec::new(),
+        stops: Vec::new(),
+    };
+    for index in 0..config.shards.max(1) {
+        let placement = match cores.get(index % cores.len().max(1)) {
+            Some(core) => Placement::Fixed(core.id),
+            None => Placement::Unbound,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let config = config.clone();
+        let reader = publisher.reader();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("vimanad-shard-{index}"))
+            .spawn(move || async move {
+                let shard = match setup(index, &config, reader) {
+                    Ok(shard) => {
+                        let _ = ready_tx.send(Ok(()));
+                        shard
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let serving = glommio::spawn_local(std::rc::Rc::clone(&shard).run());
+                let _ = stop_rx.await;
+                shard.drain(config.drain_timeout).await;
+                drop(serving);
+                tracing::info!(
+                    shard = index,
+                    connections = shard.stats.connections.get(),
+                    calls = shard.stats.calls.get(),
+                    errors = shard.stats.errors.get(),
+                    "shard stopped"
+                );
+            })
+            .map_err(|e| std::io::Error::other(format!("start shard {index}: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::other(format!(
+                    "shard {index} died while starting"
+                )))
+            }
+        }
+        shards.stops.push(stop_tx);
+        shards.threads.push(std::thread::spawn(move || {
+            let _ = handle.join();
+        }));
+    }
+    Ok(shards)
+}
+
+fn setup(
+    index: usize,
+    config: &Config,
+    reader: crate::pool::Reader,
+) -> std::io::Result<std::rc::Rc<endpoint::Shard>> {
+    let socket = glommio::net::UdpSocket::bind(config.listen)
+        .map_err(|e| std::io::Error::other(format!("bind UDP {}: {e}", config.listen)))?;
+    let quic = quic_config(config)
+        .map_err(|e| std::io::Error::other(format!("QUIC/TLS configuration: {e}")))?;
+    let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;
+    h3.set_max_field_section_size(16 * 1024);
+    let shard = endpoint::Shard::new(index, socket, quic, h3, reader, config.settings.clone())?;
+    tracing::info!(shard = index, listen = %config.listen, "shard serving HTTP/3");
+    Ok(shard)
+}
+
+fn quic_config(config: &Config) -> Result<quiche::Config, quiche::Error> {
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
+    c.load_cert_chain_from_pem_file(&config.tls.cert.to_string_lossy())?;
+    c.load_priv_key_from_pem_file(&config.tls.key.to_string_lossy())?;
+    c.set_application_protos(quiche::h3::APPLICATION_PROTOCOL)?;
+    c.set_max_idle_timeout(config.idle_timeout.as_millis() as u64);
+    c.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+    c.set_max_send_udp_payload_size(MAX_DATAGRAM);
+    c.set_initial_max_data(16 << 20);
+    c.set_initial_max_stream_data_bidi_local(1 << 20);
+    c.set_initial_max_stream_data_bidi_remote(1 << 20);
+    c.set_initial_max_stream_data_uni(1 << 20);
+    c.set_initial_max_streams_bidi(config.settings.max_streams_per_conn as u64);
+    c.set_initial_max_streams_uni(16);
+    c.set_disable_active_migration(true);
+    Ok(c)
+}
+
+impl Shards {
+    /// Asks every shard to drain (GOAWAY, finish in-flight calls within the
+    /// drain timeout, close connections) and waits for them.
+    pub fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The TLS files to use: given, or self-signed in `state_dir/tls`.
+pub fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    state_dir: &std::path::Path,
+) -> std::io::Result<tls::TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let fingerprint = tls::fingerprint(&cert)?;
+            tracing::info!(cert = %cert.display(), %fingerprint, "TLS certificate");
+            Ok(tls::TlsFiles { cert, key })
+        }
+        (None, None) => {
+            let (files, fingerprint) = tls::self_signed(&state_dir.join("tls"))?;
+            tracing::info!(cert = %files.cert.display(), %fingerprint, "self-signed TLS certificate (pass --tls-cert/--tls-key to use your own)");
+            Ok(files)
+        }
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--tls-cert and --tls-key go together",
+        )),
+    }
+}

@@ -40,6 +40,8 @@ pub fn vimanad() -> &'static str {
 /// One running node runtime.
 pub struct Node {
     pub root: tempfile::TempDir,
+    /// The data plane's UDP address (HTTP/3).
+    pub listen: std::net::SocketAddr,
     pub process: Child,
     pub cgroup_parent: String,
     pub runtime: RuntimeServiceClient<Channel>,
@@ -88,6 +90,7 @@ impl Node {
             root.path().file_name().unwrap().to_string_lossy()
         );
         let log = std::fs::File::create(root.path().join("vimanad.log")).unwrap();
+        let listen = free_udp_port();
         let process = Command::new(vimanad())
             .arg("serve")
             .arg("--state-dir")
@@ -97,6 +100,7 @@ impl Node {
             .arg("--cri-socket")
             .arg(root.path().join("cri.sock"))
             .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
+            .args(["--listen", &listen.to_string(), "--shards", "2"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -115,6 +119,7 @@ impl Node {
         let channel = uds_channel(socket).await;
         Node {
             root,
+            listen,
             process,
             cgroup_parent,
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -414,4 +419,10 @@ pub fn is_alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// A UDP port nobody uses now (SO_REUSEPORT would let two nodes share one).
+pub fn free_udp_port() -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
 }

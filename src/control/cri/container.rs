@@ -145,7 +145,9 @@ impl Runtime {
     pub(crate) async fn stop_process(&self, id: &PodId, grace: Duration) -> Result<(), Error> {
         let process = {
             let mut store = self.store();
-            store.pool.set_not_running(id);
+            if store.pool.set_not_running(id) {
+                self.publish(&store);
+            }
             store
                 .pods
                 .get(id)

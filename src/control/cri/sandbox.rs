@@ -55,6 +55,7 @@ impl Runtime {
         store.next_ordinal += 1;
         store.names.insert(key, id.clone());
         store.pool.insert_pod(&id);
+        self.publish(&store);
         store.pods.insert(
             id.clone(),
             Pod {
@@ -130,6 +131,7 @@ impl Runtime {
                 store.names.remove(&SandboxKey::of(&pod.metadata()));
             }
             store.pool.remove_pod(&id);
+            self.publish(&store);
         }
         drop(op);
         self.forget_lock(&id);

@@ -172,7 +172,9 @@ impl Runtime {
                 if let Some(c) = pod.container.as_mut() {
                     c.phase = ContainerPhase::Running;
                 }
-                store.pool.set_running(id, socket.clone());
+                let incarnation = pod_started_at(&store, id);
+                store.pool.set_running(id, socket.clone(), incarnation);
+                self.publish(&store);
                 drop(store);
                 self.watch_exit(id.clone(), process);
                 tracing::info!(container = %id, ?readiness, "container running");
@@ -238,7 +240,9 @@ impl Runtime {
                     pod.lifecycle = Lifecycle::Stopped;
                 }
                 let cgroups = std::mem::take(&mut container.cgroups);
-                store.pool.set_not_running(&id);
+                if store.pool.set_not_running(&id) {
+                    runtime.publish(&store);
+                }
                 cgroups
             };
             cgroup::remove(&cgroups);
@@ -368,4 +372,12 @@ pub(crate) fn limits_of(config: &cri::ContainerConfig) -> cgroup::Limits {
         cpuset_mems: r.cpuset_mems.clone(),
         unified,
     }
+}
+
+fn pod_started_at(store: &crate::control::state::Store, id: &PodId) -> u64 {
+    store.pods[id]
+        .container
+        .as_ref()
+        .map(|c| c.started_at as u64)
+        .unwrap_or_default()
 }

@@ -1,0 +1,383 @@
+//! One gRPC call through the shard: validate, route, take an upstream
+//! HTTP/2 stream, pump both directions with backpressure, honour the
+//! deadline, and answer every failure with a gRPC status (`respond.rs`).
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{select, Either};
+use h2::client::ResponseFuture;
+use h2::SendStream;
+use quiche::h3::{Header, NameValue};
+
+use super::conn::{Conn, NewCall};
+use super::endpoint::Shard;
+use super::grpc::{parse_timeout, FrameLimiter};
+use super::respond::{status_trailers, trailers_only, CallError};
+use super::stream::{self, Inbound, SharedStream};
+use super::upstream;
+use crate::pool::Route;
+
+/// Runs one call to completion; its stream's output ends with a status.
+pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, call: NewCall) {
+    let NewCall { headers, io, .. } = call;
+    if let Err(error) = proxy(&shard, &conn, &headers, &io).await {
+        if error != CallError::Cancelled {
+            shard.stats.errors.set(shard.stats.errors.get() + 1);
+            tracing::debug!(shard = shard.index, %error, "call answered by the data plane");
+        }
+        respond(&io, &error);
+    }
+    shard.drive(&conn).await;
+}
+
+fn respond(io: &SharedStream, error: &CallError) {
+    let mut io = io.borrow_mut();
+    if io.aborted || io.finished {
+        return;
+    }
+    if !io.headers_sent && io.out_headers.is_none() {
+        io.out_headers = Some(trailers_only(error));
+        io.out_headers_fin = true;
+    } else {
+        io.out_trailers = Some(status_trailers(error));
+    }
+}
+
+/// What the proxy needs of the request headers.
+struct Request<'h> {
+    authority: &'h str,
+    path: &'h str,
+    version: Option<&'h str>,
+    timeout: Option<Duration>,
+}
+
+fn parse_request(headers: &[Header]) -> Result<Request<'_>, CallError> {
+    let (mut method, mut content_type, mut authority, mut path) = (None, None, None, None);
+    let (mut version, mut timeout) = (None, None);
+    for h in headers {
+        match h.name() {
+            b":method" => method = Some(h.value()),
+            b":authority" => authority = std::str::from_utf8(h.value()).ok(),
+            b":path" => path = std::str::from_utf8(h.value()).ok(),
+            b"content-type" => content_type = Some(h.value()),
+            b"vimana-version" => version = std::str::from_utf8(h.value()).ok(),
+            b"grpc-timeout" => timeout = parse_timeout(h.value()),
+            _ => {}
+        }
+    }
+    let is_grpc =
+        method == Some(b"POST") && content_type.is_some_and(|c| c.starts_with(b"application/grpc"));
+    if !is_grpc {
+        return Err(CallError::NotGrpc(415));
+    }
+    let authority = authority.ok_or_else(|| {
+        CallError::Unimplemented("the request names no :authority (domain)".into())
+    })?;
+    let path = path.ok_or_else(|| CallError::Unimplemented("the request has no :path".into()))?;
+    Ok(Request {
+        authority,
+        path,
+        version,
+        timeout,
+    })
+}
+
+/// `/SERVICE/METHOD` → SERVICE.
+fn service_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some(service)
+}
+
+/// The domain of an authority: port stripped, IPv6 brackets kept whole.
+fn domain_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map_or(authority, |(host, _)| &host[1..]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+async fn proxy(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    headers: &[Header],
+    io: &SharedStream,
+) -> Result<(), CallError> {
+    let request = parse_request(headers)?;
+    let service = service_of(request.path).ok_or_else(|| {
+        CallError::Unimplemented(format!("malformed gRPC path {:?}", request.path))
+    })?;
+    let domain = domain_of(request.authority).to_ascii_lowercase();
+
+    let (endpoint_key, connecting) = {
+        let mut routes = shard.routes.borrow_mut();
+        let snapshot = routes.current();
+        let version = match snapshot.route(&domain, service, request.version) {
+            Route::Serve(version) => version,
+            Route::UnknownDomain => {
+                return Err(CallError::Unimplemented(format!(
+                    "no component serves domain {domain:?}"
+                )))
+            }
+            Route::UnknownService => {
+                return Err(CallError::Unimplemented(format!(
+                    "domain {domain:?} has no service {service:?}"
+                )))
+            }
+            Route::UnknownVersion => {
+                return Err(CallError::Unimplemented(format!(
+                    "service {service:?} of {domain:?} has no version {:?}",
+                    request.version.unwrap_or_default()
+                )))
+            }
+            Route::NotRunning => {
+                return Err(CallError::Unavailable(format!(
+                    "no running container serves {domain}:{service}{}",
+                    request.version.map(|v| format!("@{v}")).unwrap_or_default()
+                )))
+            }
+        };
+        let endpoint = shard.upstreams.pick(&version.endpoints);
+        let key = upstream::key(endpoint);
+        (key, shard.upstreams.checkout(endpoint))
+    };
+    let deadline = request.timeout.map(|t| Instant::now() + t);
+    let result = async {
+        let sender = connecting.await.map_err(CallError::Unavailable)?;
+        exchange(shard, conn, headers, &request, sender, io, deadline).await
+    };
+    let result = match request.timeout {
+        None => result.await,
+        Some(timeout) => {
+            let result = std::pin::pin!(result);
+            let timer = std::pin::pin!(glommio::timer::sleep(timeout));
+            match select(result, timer).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(CallError::DeadlineExceeded(format!(
+                    "deadline of {timeout:?} exceeded"
+                ))),
+            }
+        }
+    };
+    shard.upstreams.release_key(endpoint_key);
+    result
+}
+
+async fn exchange(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    headers: &[Header],
+    request: &Request<'_>,
+    mut sender: h2::client::SendRequest<Bytes>,
+    io: &SharedStream,
+    deadline: Option<Instant>,
+) -> Result<(), CallError> {
+    let upstream_request = build_request(headers, request)?;
+    let (response, body_tx) = sender
+        .send_request(upstream_request, false)
+        .map_err(|e| CallError::Unavailable(format!("the component refused the call: {e}")))?;
+    // Whichever side fails first ends the call; dropping the other drops
+    // the last handle on the HTTP/2 stream, which h2 resets (CANCEL).
+    let upload = std::pin::pin!(upload(shard, conn, io, body_tx));
+    let download = std::pin::pin!(download(shard, conn, io, response, deadline));
+    match select(upload, download).await {
+        Either::Left((Ok(()), download)) => download.await,
+        Either::Left((Err(e), _)) => Err(e),
+        Either::Right((result, _)) => result,
+    }
+}
+
+const HOP_BY_HOP: [&[u8]; 6] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+    b"host",
+];
+
+fn build_request(
+    headers: &[Header],
+    request: &Request<'_>,
+) -> Result<http::Request<()>, CallError> {
+    let uri = format!("http://{}{}", request.authority, request.path);
+    let mut builder = http::Request::builder().method(http::Method::POST).uri(uri);
+    for h in headers {
+        let name = h.name();
+        if name.starts_with(b":")
+            || HOP_BY_HOP.contains(&name)
+            || (name == b"te" && h.value() != b"trailers")
+        {
+            continue;
+        }
+        builder = builder.header(name, h.value());
+    }
+    builder
+        .body(())
+        .map_err(|e| CallError::Internal(format!("request headers cannot be forwarded: {e}")))
+}
+
+/// Client → component, honouring HTTP/2 flow control and the message size
+/// limit.
+async fn upload(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    io: &SharedStream,
+    mut body_tx: SendStream<Bytes>,
+) -> Result<(), CallError> {
+    let result = upload_body(shard, conn, io, &mut body_tx).await;
+    if result.is_err() {
+        body_tx.send_reset(h2::Reason::CANCEL);
+    }
+    result
+}
+
+async fn upload_body(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    io: &SharedStream,
+    body_tx: &mut SendStream<Bytes>,
+) -> Result<(), CallError> {
+    let mut limiter = FrameLimiter::new(shard.settings.max_message_size);
+    loop {
+        let was_full = !io.borrow().inbox_has_room();
+        let inbound = stream::recv(io).await;
+        if was_full || io.borrow().body_pending {
+            shard.drive(conn).await; // room again: let quiche hand over more
+        }
+        let mut data = match inbound {
+            Inbound::Data(data) => data,
+            Inbound::End => {
+                return body_tx.send_data(Bytes::new(), true).map_err(|e| {
+                    CallError::Unavailable(format!("the component's stream failed: {e}"))
+                });
+            }
+            Inbound::Aborted => return Err(CallError::Cancelled),
+        };
+        if let Err(len) = limiter.feed(&data) {
+            return Err(CallError::ResourceExhausted(format!(
+                "request message of {len} bytes exceeds the limit of {} bytes",
+                shard.settings.max_message_size
+            )));
+        }
+        while !data.is_empty() {
+            body_tx.reserve_capacity(data.len());
+            let capacity = match poll_fn(|cx| body_tx.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    return Err(CallError::Unavailable(format!(
+                        "the component's stream failed: {e}"
+                    )))
+                }
+                None => {
+                    return Err(CallError::Unavailable(
+                        "the component closed the stream".into(),
+                    ))
+                }
+            };
+            let chunk = data.split_to(capacity.min(data.len()));
+            body_tx.send_data(chunk, false).map_err(|e| {
+                CallError::Unavailable(format!("the component's stream failed: {e}"))
+            })?;
+        }
+    }
+}
+
+/// Component → client: headers, messages, trailers.
+async fn download(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    io: &SharedStream,
+    response: ResponseFuture,
+    deadline: Option<Instant>,
+) -> Result<(), CallError> {
+    let unavailable =
+        |e: h2::Error| CallError::Unavailable(format!("the component failed the call: {e}"));
+    let response = response.await.map_err(unavailable)?;
+    let (parts, mut body) = response.into_parts();
+    let mut out = Vec::with_capacity(parts.headers.len() + 1);
+    out.push(Header::new(b":status", parts.status.as_str().as_bytes()));
+    push_headers(&mut out, &parts.headers, deadline);
+    {
+        let mut s = io.borrow_mut();
+        s.out_headers_fin = body.is_end_stream();
+        s.out_headers = Some(out);
+    }
+    shard.drive(conn).await;
+    if body.is_end_stream() {
+        return Ok(()); // trailers-only
+    }
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(unavailable)?;
+        let len = chunk.len();
+        let _ = body.flow_control().release_capacity(len);
+        {
+            let mut s = io.borrow_mut();
+            s.outbox_bytes += len;
+            s.outbox.push_back(chunk);
+        }
+        shard.drive(conn).await;
+        if !stream::writable(io).await {
+            return Err(CallError::Cancelled);
+        }
+    }
+    let trailers = body.trailers().await.map_err(unavailable)?;
+    let mut out = Vec::new();
+    match trailers {
+        Some(trailers) => push_headers(&mut out, &trailers, deadline),
+        None => out.extend(status_trailers(&CallError::Unavailable(
+            "the component ended the call without a status".into(),
+        ))),
+    }
+    io.borrow_mut().out_trailers = Some(out);
+    shard.drive(conn).await;
+    Ok(())
+}
+
+fn push_headers(out: &mut Vec<Header>, map: &http::HeaderMap, deadline: Option<Instant>) {
+    let expired = deadline.is_some_and(|d| Instant::now() >= d);
+    for (name, value) in map {
+        // A component's own deadline handling answers CANCELLED; to the
+        // client the deadline it set has passed.
+        if expired && name == "grpc-status" && value == "1" {
+            out.push(Header::new(b"grpc-status", b"4"));
+            continue;
+        }
+        out.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_authorities() {
+        assert_eq!(service_of("/a.b.S/M"), Some("a.b.S"));
+        assert_eq!(service_of("/S/"), None);
+        assert_eq!(service_of("/S"), None);
+        assert_eq!(service_of("S/M"), None);
+        assert_eq!(service_of("/S/M/x"), None);
+        assert_eq!(domain_of("example.com:443"), "example.com");
+        assert_eq!(domain_of("example.com"), "example.com");
+        assert_eq!(domain_of("[::1]:443"), "::1");
+    }
+
+    #[test]
+    fn non_grpc_requests_are_415() {
+        let get = vec![Header::new(b":method", b"GET"), Header::new(b":path", b"/")];
+        assert!(matches!(parse_request(&get), Err(CallError::NotGrpc(415))));
+        let json = vec![
+            Header::new(b":method", b"POST"),
+            Header::new(b"content-type", b"application/json"),
+        ];
+        assert!(matches!(parse_request(&json), Err(CallError::NotGrpc(415))));
+    }
+}

@@ -1,0 +1,132 @@
+//! The shard's own HTTP/2 (h2c) connections to components, over their Unix
+//! sockets: opened lazily, shared by concurrent calls (up to the peer's
+//! max concurrent streams, which h2 enforces), dropped when the pod leaves
+//! the routing snapshot or the connection fails.
+//!
+//! Two endpoints are the same upstream when they have the same pod ordinal
+//! and the same incarnation (a container started again serves the same
+//! socket path but is a new process): that pair is the pool key.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use h2::client::SendRequest;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::pool::Endpoint;
+
+pub type Key = (u64, u64);
+
+type Connecting = Shared<LocalBoxFuture<'static, Result<SendRequest<Bytes>, String>>>;
+
+struct Upstream {
+    connection: Connecting,
+    outstanding: usize,
+}
+
+#[derive(Default)]
+pub struct Upstreams {
+    map: RefCell<HashMap<Key, Upstream>>,
+    /// Breaks ties between equally loaded endpoints.
+    turn: std::cell::Cell<usize>,
+}
+
+pub fn key(endpoint: &Endpoint) -> Key {
+    (endpoint.id.ordinal(), endpoint.incarnation)
+}
+
+impl Upstreams {
+    /// Least outstanding requests on this shard; ties go round-robin.
+    pub fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> &'a Endpoint {
+        let map = self.map.borrow();
+        let load = |e: &Endpoint| map.get(&key(e)).map_or(0, |u| u.outstanding);
+        let least = endpoints.iter().map(load).min().unwrap_or(0);
+        let tied: Vec<&Endpoint> = endpoints.iter().filter(|e| load(e) == least).collect();
+        let turn = self.turn.get();
+        self.turn.set(turn.wrapping_add(1));
+        tied[turn % tied.len()]
+    }
+
+    /// A ready sender to `endpoint`, connecting if needed, with the call
+    /// counted as outstanding until [`Upstreams::release`].
+    pub fn checkout(
+        &self,
+        endpoint: &Endpoint,
+    ) -> impl std::future::Future<Output = Result<SendRequest<Bytes>, String>> + '_ {
+        let key = key(endpoint);
+        let connecting = {
+            let mut map = self.map.borrow_mut();
+            let upstream = map.entry(key).or_insert_with(|| Upstream {
+                connection: connect(endpoint.socket.clone()).boxed_local().shared(),
+                outstanding: 0,
+            });
+            upstream.outstanding += 1;
+            upstream.connection.clone()
+        };
+        async move {
+            let sender = match connecting.await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    self.forget(key);
+                    return Err(e);
+                }
+            };
+            match sender.ready().await {
+                Ok(sender) => Ok(sender),
+                Err(e) => {
+                    // The connection died (component exited or reset it): the
+                    // next call connects anew.
+                    self.forget(key);
+                    Err(format!("connection to the component failed: {e}"))
+                }
+            }
+        }
+    }
+
+    pub fn release_key(&self, key: Key) {
+        if let Some(u) = self.map.borrow_mut().get_mut(&key) {
+            u.outstanding = u.outstanding.saturating_sub(1);
+        }
+    }
+
+    pub fn forget(&self, key: Key) {
+        self.map.borrow_mut().remove(&key);
+    }
+
+    /// Drops connections to endpoints no longer in the snapshot.
+    pub fn retain(&self, live: impl Fn(&Key) -> bool) {
+        self.map.borrow_mut().retain(|k, _| live(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
+    let stream = glommio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, Bytes>(stream.compat())
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {}: {e}", socket.display()))?;
+    let path = Rc::new(socket);
+    glommio::spawn_local(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(socket = %path.display(), error = %e, "upstream connection ended");
+        }
+    })
+    .detach();
+    Ok(sender)
+}
