@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
     protobuf-compiler # protoc, for the k8s-cri protobufs
+    cmake             # BoringSSL, built by quiche (boring-sys)
+    libclang-dev      # bindgen for BoringSSL
     skopeo            # an independent OCI tool the image tests check against
     file              # checks that the example component is static
 )
@@ -20,4 +22,10 @@ fi
 if ! command -v cargo >/dev/null; then
     echo "setup.sh: cargo not found: install a Rust toolchain (rustup) first" >&2
     exit 1
+fi
+# aioquic: the independent HTTP/3 client the data-plane tests drive
+# (tests/peers/aioquic_grpc.py).
+if ! python3 -c 'import aioquic' 2>/dev/null; then
+    python3 -m pip install --quiet aioquic ||
+        python3 -m pip install --quiet --break-system-packages aioquic
 fi

@@ -203,8 +203,10 @@ fn run(command: Command) -> anyhow::Result<()> {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -255,9 +257,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         })
         .context("spawn the control thread")?;
-    control
+    let result = control
         .join()
-        .map_err(|_| anyhow::anyhow!("the control thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
+    // CRI is down; let the data plane finish its in-flight calls.
+    shards.stop();
+    result
 }
 
 async fn shutdown_signal() {

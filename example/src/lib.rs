@@ -227,9 +227,25 @@ fn echoed_metadata(metadata: &MetadataMap) -> HashMap<String, String> {
 }
 
 /// Applies a request's test knobs: sleep, then crash, then fail.
+/// Says on stderr when a call's sleep is cut short because the caller went
+/// away (the runtime propagated a cancellation): tests read it in the log.
+struct CancelWitness {
+    done: bool,
+}
+
+impl Drop for CancelWitness {
+    fn drop(&mut self) {
+        if !self.done {
+            eprintln!("vimana-example: call cancelled during sleep");
+        }
+    }
+}
+
 async fn apply_knobs(req: &EchoRequest) -> Result<(), Status> {
     if req.sleep_ms > 0 {
+        let mut witness = CancelWitness { done: false };
         tokio::time::sleep(Duration::from_millis(req.sleep_ms.into())).await;
+        witness.done = true;
     }
     if req.crash {
         eprintln!("vimana-example: crash requested, exiting with code {CRASH_EXIT_CODE}");

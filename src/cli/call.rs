@@ -1,18 +1,18 @@
-//! `vimanad call`: one gRPC call over HTTP/3 (a tiny grpcurl for the data
-//! plane). quiche client on a blocking `UdpSocket` whose read timeout follows
-//! `conn.timeout()`; no async runtime.
+//! `vimanad call`: one gRPC call over HTTP/3, a tiny grpcurl for the data
+//! plane. A quiche client on a blocking, connected `UdpSocket` whose read
+//! timeout follows `conn.timeout()`; no async runtime.
 //!
 //! Exit code: the call's grpc-status (0 = OK); 2 when the answer is not gRPC
-//! (HTTP status other than 200, or a non-gRPC content-type); 1 on transport
-//! or handshake failure (via anyhow). Client-side failures are reported as
-//! gRPC statuses too: DEADLINE_EXCEEDED when `--timeout` passes,
-//! RESOURCE_EXHAUSTED for a response message over 64 MiB, INTERNAL for a
-//! malformed response body, CANCELLED/UNAVAILABLE/INTERNAL when the server
-//! resets the stream.
+//! (HTTP status other than 200, or not `application/grpc`); 1 on a transport
+//! or handshake failure. Failures seen by the client are gRPC statuses too:
+//! DEADLINE_EXCEEDED when `--timeout` passes, RESOURCE_EXHAUSTED for a
+//! response message over 64 MiB, INTERNAL for a malformed response body or a
+//! missing grpc-status, CANCELLED/UNAVAILABLE/INTERNAL when the server resets
+//! the stream.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use quiche::h3::{self, NameValue, WireErrorCode};
 
-use super::grpc_frame::{self, Decoder};
+use super::grpc_frame::{self as grpc, Decoder};
 
 #[derive(Args, Debug)]
 pub struct CallArgs {
@@ -68,9 +68,10 @@ pub struct CallArgs {
     verbose: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 enum Output {
     /// One line of hex per message.
+    #[default]
     Hex,
     /// The message bytes, unframed.
     Raw,
@@ -85,16 +86,18 @@ const MAX_DATAGRAM: usize = 1350;
 /// Body bytes of a non-gRPC answer kept to show the user.
 const MAX_ERROR_BODY: usize = 4096;
 
+type Fields = Vec<(String, String)>;
+
 pub fn run(args: CallArgs) -> Result<ExitCode> {
     let target = Target::parse(&args.url)?;
     let headers = request_headers(&target, &args.headers, args.timeout)?;
     let mut body = Vec::new();
     for message in request_messages(&args)? {
-        grpc_frame::encode(&message, &mut body);
+        grpc::encode(&message, &mut body);
     }
     let peer = match &args.connect {
         Some(addr) => resolve(addr)?,
-        None => resolve(&format!("{}:{}", target.host, target.port))?,
+        None => first_addr((target.host.as_str(), target.port), &target.authority)?,
     };
     let sni = args.server_name.as_deref().unwrap_or(&target.host);
     let sni = match (sni.parse::<IpAddr>(), &args.ca) {
@@ -110,40 +113,47 @@ pub fn run(args: CallArgs) -> Result<ExitCode> {
     }))?;
     if args.verbose {
         eprintln!("* connected to {peer} (HTTP/3)");
-        for (name, value) in &headers {
-            eprintln!("> {name}: {value}");
-        }
+        print_fields(">", &headers);
     }
-    let mut call = Call::new(&headers, body, args.output, args.verbose);
+    let headers = headers
+        .iter()
+        .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()));
+    let (output, verbose) = (args.output, args.verbose);
+    let mut call = Call {
+        headers: headers.collect(),
+        body,
+        output,
+        verbose,
+        ..Default::default()
+    };
     let outcome = call.run(&mut quic, deadline, args.timeout);
     quic.close();
-    let outcome = outcome?;
-    for (name, value) in &call.trailers {
-        if args.verbose {
-            eprintln!("< {name}: {value}");
-        }
+    if verbose {
+        print_fields("<", &call.trailers);
     }
-    match outcome {
-        Outcome::Http {
-            status,
-            content_type,
-            body,
-        } => {
-            let text = String::from_utf8_lossy(&body);
+    match outcome? {
+        Outcome::Http(status, content_type, body) => {
             eprintln!("HTTP status {status}, content-type {content_type:?}: not a gRPC response");
+            let text = String::from_utf8_lossy(&body);
             if !text.trim().is_empty() {
                 eprintln!("{}", text.trim_end());
             }
             Ok(ExitCode::from(2))
         }
-        Outcome::Grpc { code, message } => {
+        Outcome::Grpc(code, message) => {
             let line = format!(
                 "grpc-status: {code} ({}) grpc-message: {message}",
-                status_name(code)
+                grpc::status_name(code)
             );
             eprintln!("{}", line.trim_end());
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)))
         }
+    }
+}
+
+fn print_fields(prefix: &str, fields: &Fields) {
+    for (name, value) in fields {
+        eprintln!("{prefix} {name}: {value}");
     }
 }
 
@@ -162,57 +172,47 @@ impl Target {
         let uri: http::Uri = url
             .parse()
             .with_context(|| format!("invalid URL {url:?}"))?;
-        if uri.scheme_str() != Some("https") {
-            bail!("URL {url:?} must start with https://");
-        }
         let authority = uri
             .authority()
-            .ok_or_else(|| anyhow!("URL {url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            bail!("URL {url:?}: user info is not allowed");
-        }
+            .filter(|_| uri.scheme_str() == Some("https"));
+        let authority = authority.ok_or_else(|| anyhow!("URL {url:?} is not https://HOST/..."))?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        if path == "/" {
-            bail!("URL {url:?} has no /SERVICE/METHOD path");
+        if authority.as_str().contains('@') || path == "/" {
+            bail!("URL {url:?} must be https://HOST[:PORT]/SERVICE/METHOD");
         }
         Ok(Target {
             authority: authority.as_str().to_owned(),
-            host: authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            host: unbracket(authority.host()).to_owned(),
             port: authority.port_u16().unwrap_or(DEFAULT_PORT),
             path: path.to_owned(),
         })
     }
 }
 
-/// `host:port`, `[v6]:port`, or a bare host/IP (port 443).
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// `--connect`: `host:port`, `[v6]:port`, or a bare host or IP (port 443).
 fn resolve(addr: &str) -> Result<SocketAddr> {
-    if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Ok(sa);
-    }
-    if let Ok(ip) = addr
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
+    if let Ok(ip) = unbracket(addr).parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    let (host, port) = match addr.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse()
-                .with_context(|| format!("invalid port in {addr:?}"))?,
-        ),
-        None => (addr, DEFAULT_PORT),
-    };
-    (host.trim_start_matches('[').trim_end_matches(']'), port)
+    match addr.contains(':') {
+        true => first_addr(addr, addr),
+        false => first_addr((addr, DEFAULT_PORT), addr),
+    }
+}
+
+fn first_addr(addr: impl ToSocketAddrs, what: &str) -> Result<SocketAddr> {
+    let mut addrs = addr
         .to_socket_addrs()
-        .with_context(|| format!("resolve {addr:?}"))?
+        .with_context(|| format!("resolve {what:?}"))?;
+    addrs
         .next()
-        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))
+        .ok_or_else(|| anyhow!("{what:?} resolves to no address"))
 }
 
 fn request_messages(args: &CallArgs) -> Result<Vec<Vec<u8>>> {
@@ -224,7 +224,7 @@ fn request_messages(args: &CallArgs) -> Result<Vec<Vec<u8>>> {
     for path in &args.data_file {
         messages.push(std::fs::read(path).with_context(|| format!("read {}", path.display()))?);
     }
-    messages.extend(args.text.iter().map(|t| grpc_frame::text_message(t)));
+    messages.extend(args.text.iter().map(|t| grpc::text_message(t)));
     if args.data_stdin {
         let mut message = Vec::new();
         std::io::stdin()
@@ -235,169 +235,75 @@ fn request_messages(args: &CallArgs) -> Result<Vec<Vec<u8>>> {
     Ok(messages)
 }
 
-/// Parses `-H 'name: value'` into a lowercase name and a trimmed value.
-fn parse_header(raw: &str) -> Result<(String, String)> {
-    let (name, value) = raw
-        .split_once(':')
-        .filter(|(n, _)| !n.is_empty())
-        .ok_or_else(|| {
-            anyhow!(
-                "header {raw:?} is not 'name: value' (pseudo-headers like :path come from the URL)"
-            )
-        })?;
-    let name = name.trim().to_ascii_lowercase();
-    let value = value.trim().to_owned();
-    http::HeaderName::from_bytes(name.as_bytes())
-        .with_context(|| format!("invalid header name in {raw:?}"))?;
-    http::HeaderValue::from_str(&value)
-        .with_context(|| format!("invalid header value in {raw:?}"))?;
-    if matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
-    ) {
-        bail!("header {name:?} is connection-specific and not allowed in HTTP/3");
-    }
-    Ok((name, value))
-}
-
-/// The request's header list: pseudo-headers, gRPC defaults (which `-H` may
-/// replace), the user's metadata, and grpc-timeout from `--timeout`.
-fn request_headers(
-    target: &Target,
-    raw: &[String],
-    timeout: Option<Duration>,
-) -> Result<Vec<(String, String)>> {
-    let mut headers: Vec<(String, String)> = [
+/// Pseudo-headers, gRPC defaults (which `-H` may replace), the user's
+/// metadata, and grpc-timeout from `--timeout` unless `-H` gave one.
+fn request_headers(target: &Target, raw: &[String], timeout: Option<Duration>) -> Result<Fields> {
+    let ua = concat!("vimanad-call/", env!("CARGO_PKG_VERSION"));
+    let mut headers: Fields = [
         (":method", "POST"),
         (":scheme", "https"),
         (":authority", &target.authority),
         (":path", &target.path),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-        (
-            "user-agent",
-            concat!("vimanad-call/", env!("CARGO_PKG_VERSION")),
-        ),
+        ("user-agent", ua),
     ]
-    .into_iter()
     .map(|(n, v)| (n.to_owned(), v.to_owned()))
-    .collect();
-    let defaults = ["content-type", "te", "user-agent"];
+    .into();
     for h in raw {
-        let (name, value) = parse_header(h)?;
-        if defaults.contains(&name.as_str()) {
+        let (name, value) = grpc::parse_header(h).map_err(|e| anyhow!(e))?;
+        if ["content-type", "te", "user-agent"].contains(&name.as_str()) {
             headers.retain(|(n, _)| *n != name);
         }
         headers.push((name, value));
     }
-    if let Some(t) = timeout {
-        if !headers.iter().any(|(n, _)| n == "grpc-timeout") {
-            headers.push(("grpc-timeout".into(), grpc_timeout(t)));
-        }
+    if let Some(t) = timeout.filter(|_| find(&headers, "grpc-timeout").is_none()) {
+        headers.push(("grpc-timeout".into(), grpc::grpc_timeout(t)));
     }
     Ok(headers)
 }
 
-/// A grpc-timeout value: at most 8 digits and a unit, rounded up.
-fn grpc_timeout(t: Duration) -> String {
-    let ms = t.as_nanos().div_ceil(1_000_000);
-    if ms < 100_000_000 {
-        return format!("{ms}m");
-    }
-    let s = ms.div_ceil(1000);
-    if s < 100_000_000 {
-        format!("{s}S")
-    } else {
-        format!("{}H", s.div_ceil(3600).min(99_999_999))
-    }
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let value: f64 = number
         .parse()
         .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 5s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
+    let scale = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
         _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-const STATUS_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-fn status_name(code: u32) -> &'static str {
-    STATUS_NAMES.get(code as usize).copied().unwrap_or("?")
-}
-
-/// grpc-message is percent-encoded (gRPC over HTTP/2 spec); bad escapes stay as they are.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The gRPC status a client reports when the server resets the stream.
-fn reset_status(code: u64) -> u32 {
-    match code {
-        c if c == WireErrorCode::RequestCancelled as u64 => 1,
-        c if c == WireErrorCode::RequestRejected as u64 => 14,
-        c if c == WireErrorCode::ExcessiveLoad as u64 => 8,
-        _ => 13,
-    }
+fn find<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn describe_close(e: &quiche::ConnectionError) -> String {
-    let reason = String::from_utf8_lossy(&e.reason);
     let what = match (e.is_app, e.error_code) {
-        (false, c @ 0x100..=0x1ff) => format!("TLS alert {}", c - 0x100),
-        (false, c) => format!("QUIC transport error 0x{c:x}"),
-        (true, c) => format!("HTTP/3 error 0x{c:x}"),
+        (true, code) => format!("HTTP/3 error 0x{code:x}"),
+        (false, code @ 0x100..=0x1ff) => format!(
+            "TLS alert {}{}",
+            code - 0x100,
+            match code - 0x100 {
+                42 | 46 | 48 => " (certificate not accepted: check --ca and --server-name)",
+                120 => " (no_application_protocol: the server does not speak h3)",
+                _ => "",
+            }
+        ),
+        (false, code) => format!("QUIC transport error 0x{code:x}"),
     };
-    if reason.is_empty() {
-        what
-    } else {
-        format!("{what}: {reason}")
+    match String::from_utf8_lossy(&e.reason) {
+        reason if reason.is_empty() => what,
+        reason => format!("{what}: {reason}"),
     }
 }
 
@@ -411,19 +317,17 @@ struct Quic {
 }
 
 impl Quic {
-    fn connect(peer: SocketAddr, sni: Option<&str>, ca: Option<&std::path::Path>) -> Result<Quic> {
-        let bind: SocketAddr = if peer.is_ipv4() {
+    fn connect(peer: SocketAddr, sni: Option<&str>, ca: Option<&Path>) -> Result<Quic> {
+        let bind = if peer.is_ipv4() {
             "0.0.0.0:0"
         } else {
             "[::]:0"
-        }
-        .parse()?;
+        };
         let socket = UdpSocket::bind(bind).context("bind a UDP socket")?;
         // Connected, so an ICMP port-unreachable surfaces as ECONNREFUSED.
         socket
             .connect(peer)
-            .with_context(|| format!("connect UDP socket to {peer}"))?;
-        let local = socket.local_addr()?;
+            .with_context(|| format!("connect a UDP socket to {peer}"))?;
         let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
         config.set_application_protos(h3::APPLICATION_PROTOCOL)?;
         config.verify_peer(ca.is_some());
@@ -433,7 +337,7 @@ impl Quic {
                 .ok_or_else(|| anyhow!("--ca path is not UTF-8"))?;
             config
                 .load_verify_locations_from_file(path)
-                .with_context(|| format!("load CA certificates from {path}"))?;
+                .with_context(|| format!("load {path}"))?;
         }
         config.set_max_idle_timeout(IDLE_TIMEOUT_MS);
         config.set_max_recv_udp_payload_size(65527);
@@ -445,9 +349,15 @@ impl Quic {
         config.set_disable_active_migration(true);
         let mut scid = [0u8; quiche::MAX_CONN_ID_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut scid)
-            .map_err(|_| anyhow!("no randomness for the connection ID"))?;
-        let scid = quiche::ConnectionId::from_ref(&scid);
-        let conn = quiche::connect(sni, &scid, local, peer, &mut config)?;
+            .map_err(|_| anyhow!("no randomness for a connection ID"))?;
+        let local = socket.local_addr()?;
+        let conn = quiche::connect(
+            sni,
+            &quiche::ConnectionId::from_ref(&scid),
+            local,
+            peer,
+            &mut config,
+        )?;
         let mut quic = Quic {
             socket,
             conn,
@@ -460,21 +370,16 @@ impl Quic {
     }
 
     fn handshake(&mut self, until: Instant) -> Result<()> {
+        let started = Instant::now();
         while !self.conn.is_established() {
             if Instant::now() >= until {
+                let waited = until.saturating_duration_since(started);
                 bail!(
-                    "no QUIC handshake with {} (is an HTTP/3 server listening on that UDP port?)",
+                    "no QUIC handshake with {} within {waited:?} (no HTTP/3 server there?)",
                     self.peer
                 );
             }
             self.wait(until)?;
-            if self.conn.is_closed() {
-                let why = match (self.conn.local_error(), self.conn.peer_error()) {
-                    (Some(e), _) | (None, Some(e)) => describe_close(e),
-                    _ => "timed out".into(),
-                };
-                bail!("QUIC handshake with {} failed: {why}", self.peer);
-            }
             self.flush()?;
         }
         Ok(())
@@ -484,94 +389,76 @@ impl Quic {
     fn flush(&mut self) -> Result<()> {
         let mut out = [0u8; MAX_DATAGRAM];
         loop {
-            match self.conn.send(&mut out) {
-                Ok((n, _)) => self.send_datagram(&out[..n])?,
+            let n = match self.conn.send(&mut out) {
+                Ok((n, _)) => n,
                 Err(quiche::Error::Done) => return Ok(()),
                 Err(e) => bail!("QUIC send to {}: {e}", self.peer),
+            };
+            match self.socket.send(&out[..n]) {
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    return Err(self.io_error(e))
+                }
+                _ => {} // sent, or dropped like a lost packet: QUIC recovers
             }
         }
     }
 
-    fn send_datagram(&self, d: &[u8]) -> Result<()> {
-        match self.socket.send(d) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()), // a lost packet; QUIC recovers
-            Err(e) => Err(self.io_error(e)),
-        }
-    }
-
     fn io_error(&self, e: std::io::Error) -> anyhow::Error {
-        if e.kind() == std::io::ErrorKind::ConnectionRefused {
-            anyhow!(
-                "nothing listening on UDP {} (connection refused)",
-                self.peer
-            )
-        } else {
-            anyhow!("UDP {}: {e}", self.peer)
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                anyhow!(
+                    "nothing listening on UDP {} (connection refused)",
+                    self.peer
+                )
+            }
+            _ => anyhow!("UDP {}: {e}", self.peer),
         }
     }
 
-    /// Blocks until packets arrive (feeding them all to quiche) or quiche's
-    /// timer (or `until`) fires.
+    /// Blocks until a packet arrives (and feeds it to quiche) or quiche's
+    /// timer or `until` fires; fails if the connection is then closed.
     fn wait(&mut self, until: Instant) -> Result<()> {
-        let now = Instant::now();
-        let limit = until.saturating_duration_since(now);
+        let limit = until.saturating_duration_since(Instant::now());
         let wait = self.conn.timeout().map_or(limit, |t| t.min(limit));
         self.socket
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         match self.socket.recv(&mut self.buf) {
-            Ok(n) => self.feed(n),
+            Ok(n) => {
+                let info = quiche::RecvInfo {
+                    from: self.peer,
+                    to: self.local,
+                };
+                // A bad packet is quiche's to drop, or to close the connection over.
+                let _ = self.conn.recv(&mut self.buf[..n], info);
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                self.conn.on_timeout();
-                return Ok(());
+                self.conn.on_timeout()
             }
             Err(e) => return Err(self.io_error(e)),
         }
-        // Drain whatever else has arrived before handing control back.
-        self.socket.set_nonblocking(true)?;
-        let drained = loop {
-            match self.socket.recv(&mut self.buf) {
-                Ok(n) => self.feed(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) => break Err(self.io_error(e)),
-            }
-        };
-        self.socket.set_nonblocking(false)?;
-        drained
-    }
-
-    fn feed(&mut self, n: usize) {
-        let info = quiche::RecvInfo {
-            from: self.peer,
-            to: self.local,
-        };
-        // Errors here (undecryptable or malformed packets) are quiche's to
-        // handle: it drops the packet or closes the connection, which the
-        // caller sees through `is_closed()`.
-        let _ = self.conn.recv(&mut self.buf[..n], info);
-    }
-
-    fn closed_error(&self) -> anyhow::Error {
-        if self.conn.is_timed_out() {
-            return anyhow!(
-                "connection to {} timed out (no packets for {IDLE_TIMEOUT_MS} ms)",
-                self.peer
-            );
+        if !self.conn.is_closed() {
+            return Ok(());
         }
-        match (self.conn.peer_error(), self.conn.local_error()) {
+        let stage = if self.conn.is_established() {
+            "connection to"
+        } else {
+            "QUIC handshake with"
+        };
+        Err(match (self.conn.peer_error(), self.conn.local_error()) {
+            _ if self.conn.is_timed_out() => anyhow!("{stage} {} timed out", self.peer),
             (Some(e), _) => anyhow!(
-                "server {} closed the connection: {}",
+                "{stage} {} closed by the server: {}",
                 self.peer,
                 describe_close(e)
             ),
-            (None, Some(e)) => anyhow!("connection to {} closed: {}", self.peer, describe_close(e)),
-            _ => anyhow!("connection to {} closed", self.peer),
-        }
+            (None, Some(e)) => anyhow!("{stage} {} failed: {}", self.peer, describe_close(e)),
+            (None, None) => anyhow!("{stage} {} closed", self.peer),
+        })
     }
 
     /// Best effort: tell the server we are done (CONNECTION_CLOSE H3_NO_ERROR).
@@ -582,18 +469,20 @@ impl Quic {
 }
 
 enum Outcome {
-    Grpc {
-        code: u32,
-        message: String,
-    },
-    Http {
-        status: u16,
-        content_type: String,
-        body: Vec<u8>,
-    },
+    Grpc(u32, String),
+    /// HTTP status, content-type, the start of the body.
+    Http(u16, String, Vec<u8>),
+}
+
+enum End {
+    Finished,
+    Reset(u64),
+    /// Ended by this client, with a client-side gRPC status.
+    Local(u32, String),
 }
 
 /// One request stream and what came back on it.
+#[derive(Default)]
 struct Call {
     headers: Vec<h3::Header>,
     body: Vec<u8>,
@@ -601,54 +490,25 @@ struct Call {
     stream: Option<u64>,
     output: Output,
     verbose: bool,
-    /// `Some` once the final (non-1xx) response headers arrived.
+    /// Set by the final (non-1xx) response headers.
     status: Option<u16>,
     grpc: bool,
-    response_headers: Vec<(String, String)>,
-    trailers: Vec<(String, String)>,
+    response_headers: Fields,
+    trailers: Fields,
     decoder: Decoder,
     other_body: Vec<u8>,
     end: Option<End>,
 }
 
-enum End {
-    Finished,
-    Reset(u64),
-    Local { code: u32, message: String },
-}
-
 impl Call {
-    fn new(headers: &[(String, String)], body: Vec<u8>, output: Output, verbose: bool) -> Call {
-        Call {
-            headers: headers
-                .iter()
-                .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()))
-                .collect(),
-            body,
-            sent: 0,
-            stream: None,
-            output,
-            verbose,
-            status: None,
-            grpc: false,
-            response_headers: Vec::new(),
-            trailers: Vec::new(),
-            decoder: Decoder::new(grpc_frame::MAX_MESSAGE),
-            other_body: Vec::new(),
-            end: None,
-        }
-    }
-
     fn run(
         &mut self,
         quic: &mut Quic,
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<Outcome> {
-        let mut h3 = h3::Connection::with_transport(&mut quic.conn, &h3::Config::new()?)
-            .context("start HTTP/3 on the connection")?;
-        let far = Instant::now() + Duration::from_secs(365 * 86400);
-        while self.end.is_none() {
+        let mut h3 = h3::Connection::with_transport(&mut quic.conn, &h3::Config::new()?)?;
+        loop {
             self.send(quic, &mut h3)?;
             if let Err(e) = self.poll(quic, &mut h3) {
                 let _ = quic
@@ -656,21 +516,19 @@ impl Call {
                     .close(true, WireErrorCode::GeneralProtocolError as u64, b"");
                 return Err(e);
             }
+            if self.end.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
+                let message = format!(
+                    "deadline of {:?} exceeded (client-side)",
+                    timeout.unwrap_or_default()
+                );
+                self.cancel(quic, 4, message);
+            }
             quic.flush()?;
             if self.end.is_some() {
-                break;
+                return Ok(self.outcome());
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let t = timeout.unwrap_or_default();
-                self.fail(quic, 4, format!("deadline of {t:?} exceeded (client-side)"))?;
-                break;
-            }
-            quic.wait(deadline.unwrap_or(far))?;
-            if quic.conn.is_closed() {
-                return Err(quic.closed_error());
-            }
+            quic.wait(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)))?;
         }
-        Ok(self.outcome())
     }
 
     /// Sends the request headers, then as much of the body as flow control allows.
@@ -689,7 +547,7 @@ impl Call {
                 Err(h3::Error::Done) => break,
                 Err(h3::Error::TransportError(quiche::Error::StreamStopped(code))) => {
                     if self.verbose {
-                        eprintln!("* server stopped reading the request (0x{code:x})");
+                        eprintln!("* the server stopped reading the request (0x{code:x})");
                     }
                     self.sent = self.body.len();
                 }
@@ -706,66 +564,55 @@ impl Call {
                 Err(h3::Error::Done) => return Ok(()),
                 Err(e) => bail!("HTTP/3 error on the connection to {}: {e}", quic.peer),
             };
+            let ours = Some(id) == self.stream;
             match event {
-                h3::Event::Headers { list, .. } if Some(id) == self.stream => {
-                    self.on_headers(list)?
-                }
-                h3::Event::Data if Some(id) == self.stream => self.on_data(quic, h3, id)?,
-                h3::Event::Finished if Some(id) == self.stream => self.end = Some(End::Finished),
-                h3::Event::Reset(code) if Some(id) == self.stream => {
-                    self.end = Some(End::Reset(code))
-                }
-                h3::Event::GoAway if self.stream.is_none_or(|s| s >= id) => {
-                    self.fail(
-                        quic,
-                        14,
-                        "server is going away (GOAWAY) and did not take the request".into(),
-                    )?;
-                }
+                h3::Event::Headers { list, .. } if ours => self.on_headers(&list)?,
+                h3::Event::Data if ours => self.on_data(quic, h3, id)?,
+                h3::Event::Finished if ours => self.end = Some(End::Finished),
+                h3::Event::Reset(code) if ours => self.end = Some(End::Reset(code)),
+                // GOAWAY(id): requests on streams >= id were not processed.
+                h3::Event::GoAway if self.stream.is_none_or(|s| s >= id) => self.cancel(
+                    quic,
+                    14,
+                    "the server is going away (GOAWAY) without our request".into(),
+                ),
                 _ => {}
             }
         }
         Ok(())
     }
 
-    fn on_headers(&mut self, list: Vec<h3::Header>) -> Result<()> {
-        let fields: Vec<(String, String)> = list
+    fn on_headers(&mut self, list: &[h3::Header]) -> Result<()> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let fields: Fields = list
             .iter()
-            .map(|h| {
-                (
-                    String::from_utf8_lossy(h.name()).into_owned(),
-                    String::from_utf8_lossy(h.value()).into_owned(),
-                )
-            })
+            .map(|h| (text(h.name()), text(h.value())))
             .collect();
         if self.status.is_some() {
             self.trailers = fields;
             return Ok(());
         }
-        let status: u16 = find(&fields, ":status")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("response without a valid :status"))?;
+        let status = find(&fields, ":status").and_then(|s| s.parse::<u16>().ok());
+        let status = status.ok_or_else(|| anyhow!("response without a valid :status"))?;
         if self.verbose {
-            for (name, value) in &fields {
-                eprintln!("< {name}: {value}");
-            }
+            print_fields("<", &fields);
         }
-        if (100..200).contains(&status) {
-            return Ok(()); // informational; the final headers follow
+        if status >= 200 {
+            // (1xx headers are informational: the final ones follow.)
+            let content_type = find(&fields, "content-type").unwrap_or_default();
+            self.grpc = status == 200 && content_type.starts_with("application/grpc");
+            self.status = Some(status);
+            self.response_headers = fields;
         }
-        self.status = Some(status);
-        self.grpc = status == 200
-            && find(&fields, "content-type").is_some_and(|c| c.starts_with("application/grpc"));
-        self.response_headers = fields;
         Ok(())
     }
 
     fn on_data(&mut self, quic: &mut Quic, h3: &mut h3::Connection, id: u64) -> Result<()> {
         let mut buf = [0u8; 65536];
-        loop {
+        while self.end.is_none() {
             let n = match h3.recv_body(&mut quic.conn, id, &mut buf) {
                 Ok(n) => n,
-                Err(h3::Error::Done) => return Ok(()),
+                Err(h3::Error::Done) => break,
                 Err(e) => bail!("read the response body: {e}"),
             };
             if !self.grpc {
@@ -776,39 +623,40 @@ impl Call {
             self.decoder.push(&buf[..n]);
             loop {
                 match self.decoder.next_frame() {
-                    Ok(Some(frame)) if frame.compressed => {
+                    Ok(None) => break,
+                    Ok(Some(frame)) if !frame.compressed => self.print(&frame.message)?,
+                    Ok(Some(_)) => {
                         let encoding =
                             find(&self.response_headers, "grpc-encoding").unwrap_or("none");
-                        let msg = format!(
-                            "compressed response message (grpc-encoding {encoding}) not supported"
-                        );
-                        return self.fail(quic, 13, msg);
+                        let message =
+                            format!("compressed response (grpc-encoding {encoding}) not supported");
+                        self.cancel(quic, 13, message);
+                        break;
                     }
-                    Ok(Some(frame)) => self.print(&frame.message)?,
-                    Ok(None) => break,
-                    Err(e) => return self.fail(quic, 8, format!("{e} (client-side)")),
+                    Err(e) => {
+                        self.cancel(quic, 8, format!("{e} (client-side)"));
+                        break;
+                    }
                 }
             }
         }
+        Ok(())
     }
 
     fn print(&self, message: &[u8]) -> Result<()> {
         let mut out = std::io::stdout().lock();
-        match self.output {
-            Output::Hex => writeln!(out, "{}", hex::encode(message)),
-            Output::Raw => out.write_all(message),
-            Output::Text => match grpc_frame::field1_text(message) {
-                Some(text) => writeln!(out, "{text}"),
-                None => writeln!(out, "{}", hex::encode(message)),
-            },
+        match (self.output, grpc::field1_text(message)) {
+            (Output::Raw, _) => out.write_all(message),
+            (Output::Text, Some(text)) => writeln!(out, "{text}"),
+            (Output::Hex | Output::Text, _) => writeln!(out, "{}", hex::encode(message)),
         }
         .and_then(|()| out.flush())
         .context("write to stdout")
     }
 
-    /// Ends the call on our side: cancels the stream (STOP_SENDING and
-    /// RESET_STREAM, H3_REQUEST_CANCELLED) and records a client-side status.
-    fn fail(&mut self, quic: &mut Quic, code: u32, message: String) -> Result<()> {
+    /// Ends the call from this side with a client-side status: STOP_SENDING
+    /// and RESET_STREAM (H3_REQUEST_CANCELLED) go out with the next flush.
+    fn cancel(&mut self, quic: &mut Quic, code: u32, message: String) {
         if let Some(s) = self.stream {
             let cancelled = WireErrorCode::RequestCancelled as u64;
             let _ = quic
@@ -817,39 +665,24 @@ impl Call {
             let _ = quic
                 .conn
                 .stream_shutdown(s, quiche::Shutdown::Write, cancelled);
-            quic.flush()?;
         }
-        self.end = Some(End::Local { code, message });
-        Ok(())
+        self.end = Some(End::Local(code, message));
     }
 
     fn outcome(&self) -> Outcome {
-        let grpc = |code: u32, message: String| Outcome::Grpc { code, message };
-        match &self.end {
-            Some(End::Local { code, message }) => return grpc(*code, message.clone()),
-            Some(End::Reset(c)) => {
-                return grpc(
-                    reset_status(*c),
-                    format!("stream reset by the server (HTTP/3 error 0x{c:x})"),
-                );
+        let (status, end) = match (self.status, &self.end) {
+            (_, Some(End::Local(code, message))) => return Outcome::Grpc(*code, message.clone()),
+            (_, Some(End::Reset(c))) => {
+                let message = format!("stream reset by the server (HTTP/3 error 0x{c:x})");
+                return Outcome::Grpc(grpc::reset_status(*c), message);
             }
-            _ => {}
-        }
-        let Some(status) = self.status else {
-            return grpc(
-                13,
-                "server ended the stream without response headers".into(),
-            );
+            (None, _) => return Outcome::Grpc(13, "stream ended without response headers".into()),
+            (Some(status), end) => (status, end),
         };
+        debug_assert!(matches!(end, Some(End::Finished)));
         if !self.grpc {
-            let content_type = find(&self.response_headers, "content-type")
-                .unwrap_or("")
-                .to_owned();
-            return Outcome::Http {
-                status,
-                content_type,
-                body: self.other_body.clone(),
-            };
+            let content_type = find(&self.response_headers, "content-type").unwrap_or_default();
+            return Outcome::Http(status, content_type.to_owned(), self.other_body.clone());
         }
         // Trailers, or the headers of a trailers-only response.
         let fields = if self.trailers.is_empty() {
@@ -857,27 +690,19 @@ impl Call {
         } else {
             &self.trailers
         };
-        let Some(code) = find(fields, "grpc-status") else {
-            return grpc(13, "server ended the stream without grpc-status".into());
+        let code = match find(fields, "grpc-status").map(str::parse) {
+            None => return Outcome::Grpc(13, "stream ended without grpc-status".into()),
+            Some(Err(_)) => return Outcome::Grpc(13, "invalid grpc-status".into()),
+            Some(Ok(code)) => code,
         };
-        let Ok(code) = code.parse() else {
-            return grpc(13, format!("invalid grpc-status {code:?}"));
-        };
-        if let Err(e) = self.decoder.finish() {
-            return grpc(13, e.to_string());
+        match self.decoder.finish() {
+            Err(e) => Outcome::Grpc(13, e.to_string()),
+            Ok(()) => Outcome::Grpc(
+                code,
+                grpc::percent_decode(find(fields, "grpc-message").unwrap_or("")),
+            ),
         }
-        grpc(
-            code,
-            percent_decode(find(fields, "grpc-message").unwrap_or("")),
-        )
     }
-}
-
-fn find<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]
@@ -887,77 +712,70 @@ mod tests {
     #[test]
     fn target_from_url() {
         let t = Target::parse("https://example.com/vimana.example.v1.Echo/Unary").unwrap();
+        let want = (
+            "example.com",
+            "example.com",
+            443,
+            "/vimana.example.v1.Echo/Unary",
+        );
         assert_eq!(
-            t,
-            Target {
-                authority: "example.com".into(),
-                host: "example.com".into(),
-                port: 443,
-                path: "/vimana.example.v1.Echo/Unary".into(),
-            }
+            (
+                t.authority.as_str(),
+                t.host.as_str(),
+                t.port,
+                t.path.as_str()
+            ),
+            want
         );
         let t = Target::parse("https://[::1]:4433/a.B/C").unwrap();
         assert_eq!(
             (t.authority.as_str(), t.host.as_str(), t.port),
             ("[::1]:4433", "::1", 4433)
         );
-        assert!(Target::parse("http://example.com/a.B/C").is_err());
-        assert!(Target::parse("https://example.com").is_err());
-        assert!(Target::parse("https://u@example.com/a.B/C").is_err());
+        for bad in [
+            "http://example.com/a.B/C",
+            "https://example.com",
+            "https://u@h/a.B/C",
+            "/a.B/C",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn resolve_forms() {
-        assert_eq!(
-            resolve("127.0.0.1:4433").unwrap(),
-            "127.0.0.1:4433".parse().unwrap()
-        );
-        assert_eq!(resolve("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
-        assert_eq!(resolve("::1").unwrap(), "[::1]:443".parse().unwrap());
-        assert_eq!(
-            resolve("127.0.0.1").unwrap(),
-            "127.0.0.1:443".parse().unwrap()
-        );
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(resolve("127.0.0.1:4433").unwrap(), addr("127.0.0.1:4433"));
+        assert_eq!(resolve("[::1]:80").unwrap(), addr("[::1]:80"));
+        assert_eq!(resolve("::1").unwrap(), addr("[::1]:443"));
+        assert_eq!(resolve("[::1]").unwrap(), addr("[::1]:443"));
+        assert_eq!(resolve("127.0.0.1").unwrap(), addr("127.0.0.1:443"));
         assert_eq!(resolve("localhost:9").unwrap().port(), 9);
-        assert!(resolve("localhost:http3").is_err());
-    }
-
-    #[test]
-    fn header_parsing() {
-        assert_eq!(
-            parse_header("vimana-version: 1.0.0").unwrap(),
-            ("vimana-version".into(), "1.0.0".into())
-        );
-        assert_eq!(
-            parse_header("X-Trace:abc ").unwrap(),
-            ("x-trace".into(), "abc".into())
-        );
-        assert_eq!(parse_header("empty:").unwrap(), ("empty".into(), "".into()));
-        assert!(parse_header("no-colon").is_err());
-        assert!(parse_header(":path: /x").is_err());
-        assert!(parse_header("bad name: x").is_err());
-        assert!(parse_header("x: a\nb").is_err());
-        assert!(parse_header("connection: close").is_err());
+        assert!(resolve("localhost:h3").is_err());
     }
 
     #[test]
     fn request_header_list() {
         let t = Target::parse("https://example.com:8443/a.B/C").unwrap();
-        let raw = vec![
+        let raw = [
             "user-agent: mine".to_owned(),
-            "vimana-version: 2.0.0".to_owned(),
+            "Vimana-Version: 2.0.0".to_owned(),
         ];
         let h = request_headers(&t, &raw, Some(Duration::from_millis(1500))).unwrap();
-        let get = |n: &str| find(&h, n).map(str::to_owned);
-        assert_eq!(&h[0], &(":method".to_owned(), "POST".to_owned()));
-        assert_eq!(get(":authority").as_deref(), Some("example.com:8443"));
-        assert_eq!(get(":path").as_deref(), Some("/a.B/C"));
-        assert_eq!(get("te").as_deref(), Some("trailers"));
-        assert_eq!(get("content-type").as_deref(), Some("application/grpc"));
-        assert_eq!(get("user-agent").as_deref(), Some("mine"));
-        assert_eq!(h.iter().filter(|(n, _)| n == "user-agent").count(), 1);
-        assert_eq!(get("vimana-version").as_deref(), Some("2.0.0"));
-        assert_eq!(get("grpc-timeout").as_deref(), Some("1500m"));
+        assert_eq!(h[0], (":method".to_owned(), "POST".to_owned()));
+        let want = [
+            (":authority", "example.com:8443"),
+            (":path", "/a.B/C"),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+            ("user-agent", "mine"),
+            ("vimana-version", "2.0.0"),
+            ("grpc-timeout", "1500m"),
+        ];
+        for (name, value) in want {
+            assert_eq!(find(&h, name), Some(value));
+            assert_eq!(h.iter().filter(|(n, _)| n == name).count(), 1);
+        }
         // An explicit grpc-timeout wins over --timeout.
         let h = request_headers(
             &t,
@@ -965,33 +783,25 @@ mod tests {
             Some(Duration::from_secs(9)),
         )
         .unwrap();
-        assert_eq!(find(&h, "grpc-timeout"), Some("1S"));
-        assert_eq!(h.iter().filter(|(n, _)| n == "grpc-timeout").count(), 1);
-    }
-
-    #[test]
-    fn timeouts() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("s").is_err());
-        assert_eq!(grpc_timeout(Duration::from_millis(500)), "500m");
-        assert_eq!(grpc_timeout(Duration::from_micros(1)), "1m");
-        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
-    }
-
-    #[test]
-    fn statuses_and_messages() {
-        assert_eq!(status_name(0), "OK");
-        assert_eq!(status_name(16), "UNAUTHENTICATED");
-        assert_eq!(status_name(99), "?");
         assert_eq!(
-            percent_decode("no%20component%3A x%zz%4"),
-            "no component: x%zz%4"
+            h.iter()
+                .filter(|(n, _)| n == "grpc-timeout")
+                .collect::<Vec<_>>()
+                .len(),
+            1
         );
-        assert_eq!(reset_status(0x10c), 1);
-        assert_eq!(reset_status(0x10b), 14);
-        assert_eq!(reset_status(0x102), 13);
+        assert_eq!(find(&h, "grpc-timeout"), Some("1S"));
+        assert!(request_headers(&t, &[":path: /x".into()], None).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        for bad in ["5h", "s", "", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

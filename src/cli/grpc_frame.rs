@@ -1,7 +1,8 @@
-//! gRPC message framing for `vimanad call`: the 5-byte length prefix
-//! (compressed flag + u32 big-endian length), an incremental decoder that
-//! reassembles messages split across HTTP/3 DATA frames (or packed several
-//! to a frame), and the bit of protobuf the `--text` shorthand needs.
+//! gRPC wire helpers for `vimanad call`: the 5-byte message prefix
+//! (compressed flag + u32 big-endian length) with an incremental decoder that
+//! reassembles messages split across HTTP/3 DATA frames (or packed several to
+//! a frame); the bit of protobuf the `--text` shorthand needs; and metadata:
+//! `-H` parsing, grpc-timeout, status names, grpc-message decoding.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -57,6 +58,12 @@ impl std::error::Error for FrameError {}
 pub struct Decoder {
     buf: BytesMut,
     max: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(MAX_MESSAGE)
+    }
 }
 
 impl Decoder {
@@ -175,6 +182,84 @@ pub fn field1_text(mut msg: &[u8]) -> Option<String> {
     }
 }
 
+/// Parses `-H 'name: value'` into a lowercase name and a trimmed value.
+pub fn parse_header(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once(':')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| {
+            format!("header {raw:?} is not 'name: value' (pseudo-headers come from the URL)")
+        })?;
+    let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name in {raw:?}"))?;
+    http::HeaderValue::from_str(&value).map_err(|_| format!("invalid header value in {raw:?}"))?;
+    const CONNECTION_SPECIFIC: [&str; 5] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+        return Err(format!(
+            "header {name:?} is connection-specific: not allowed in HTTP/3"
+        ));
+    }
+    Ok((name, value))
+}
+
+/// A grpc-timeout value (at most 8 digits and a unit), rounded up.
+pub fn grpc_timeout(t: std::time::Duration) -> String {
+    let ms = t.as_nanos().div_ceil(1_000_000);
+    let s = ms.div_ceil(1000);
+    match () {
+        _ if ms < 100_000_000 => format!("{ms}m"),
+        _ if s < 100_000_000 => format!("{s}S"),
+        _ => format!("{}H", s.div_ceil(3600).min(99_999_999)),
+    }
+}
+
+const STATUS_NAMES: &str = "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND \
+    ALREADY_EXISTS PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE \
+    UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED";
+
+pub fn status_name(code: u32) -> &'static str {
+    STATUS_NAMES
+        .split_whitespace()
+        .nth(code as usize)
+        .unwrap_or("?")
+}
+
+/// grpc-message is percent-encoded; malformed escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let (bytes, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match hex
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(b) => (out.push(b), i += 3),
+            None => (out.push(bytes[i]), i += 1),
+        };
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The gRPC status a client reports when the server resets the stream with
+/// this HTTP/3 error code (as gRPC does for HTTP/2 RST_STREAM codes).
+pub fn reset_status(h3_code: u64) -> u32 {
+    match h3_code {
+        0x10c => 1,  // H3_REQUEST_CANCELLED -> CANCELLED
+        0x10b => 14, // H3_REQUEST_REJECTED -> UNAVAILABLE
+        0x107 => 8,  // H3_EXCESSIVE_LOAD -> RESOURCE_EXHAUSTED
+        _ => 13,     // INTERNAL
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +361,58 @@ mod tests {
         assert_eq!(field1_text(b"\x10\x01"), None); // no field 1
         assert_eq!(field1_text(b"\x08\x01"), None); // field 1 is a varint
         assert_eq!(field1_text(b"\x0f"), None); // wire type 7
+    }
+
+    #[test]
+    fn header_parsing() {
+        let h = |raw: &str| parse_header(raw).map_err(|_| ());
+        assert_eq!(
+            h("vimana-version: 1.0.0"),
+            Ok(("vimana-version".into(), "1.0.0".into()))
+        );
+        assert_eq!(h("X-Trace:abc "), Ok(("x-trace".into(), "abc".into())));
+        assert_eq!(h("empty:"), Ok(("empty".into(), "".into())));
+        for bad in [
+            "no-colon",
+            ":path: /x",
+            "bad name: x",
+            "x: a\nb",
+            "connection: close",
+        ] {
+            assert!(h(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_values() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout(Duration::from_millis(500)), "500m");
+        assert_eq!(grpc_timeout(Duration::from_micros(1)), "1m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(
+            grpc_timeout(Duration::from_secs(100_000_000 * 3600)),
+            "99999999H"
+        );
+    }
+
+    #[test]
+    fn statuses_and_messages() {
+        assert_eq!(status_name(0), "OK");
+        assert_eq!(status_name(4), "DEADLINE_EXCEEDED");
+        assert_eq!(status_name(16), "UNAUTHENTICATED");
+        assert_eq!(status_name(17), "?");
+        assert_eq!(
+            percent_decode("no%20component%3A x%zz%4"),
+            "no component: x%zz%4"
+        );
+        assert_eq!(percent_decode("%E2%9C%93"), "\u{2713}");
+        assert_eq!(
+            (
+                reset_status(0x10c),
+                reset_status(0x10b),
+                reset_status(0x102)
+            ),
+            (1, 14, 13)
+        );
     }
 }

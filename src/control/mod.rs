@@ -22,6 +22,9 @@ pub use runtime::{Config, Runtime};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 
+/// How long CRI calls in flight may take once shutdown begins.
+const CRI_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves CRI on `config.cri_socket` until `shutdown` completes, then
 /// removes the socket. Containers keep running: they belong to the kubelet.
 pub async fn serve(
@@ -35,11 +38,24 @@ pub async fn serve(
     let cri = cri::Cri::new(Arc::clone(&runtime));
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(cri).max_decoding_message_size(16 << 20))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        });
+    // A kubelet keeps its CRI connection open: calls in flight get a grace
+    // period, then the server stops regardless.
+    let stop = async {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+        tokio::time::sleep(CRI_SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = stop => Ok(()),
+    };
     let _ = std::fs::remove_file(&socket);
     result.map_err(|e| Error::Io {
         what: format!("serve CRI on {}", socket.display()),

@@ -119,6 +119,7 @@ async fn proxy(
     let (endpoint_key, connecting) = {
         let mut routes = shard.routes.borrow_mut();
         let snapshot = routes.current();
+        shard.upstreams.follow(snapshot);
         let version = match snapshot.route(&domain, service, request.version) {
             Route::Serve(version) => version,
             Route::UnknownDomain => {
@@ -188,7 +189,13 @@ async fn exchange(
     let upload = std::pin::pin!(upload(shard, conn, io, body_tx));
     let download = std::pin::pin!(download(shard, conn, io, response, deadline));
     match select(upload, download).await {
-        Either::Left((Ok(()), download)) => download.await,
+        Either::Left((Ok(()), download)) => {
+            // The request is complete; the client may still give up.
+            match select(download, std::pin::pin!(stream::aborted(io))).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(CallError::Cancelled),
+            }
+        }
         Either::Left((Err(e), _)) => Err(e),
         Either::Right((result, _)) => result,
     }

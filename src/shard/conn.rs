@@ -37,7 +37,6 @@ pub struct ConnInner {
 
 /// A call to start: the stream's headers, and its I/O.
 pub struct NewCall {
-    pub stream_id: u64,
     pub headers: Vec<h3::Header>,
     pub io: SharedStream,
 }
@@ -107,11 +106,7 @@ impl Conn {
                     let io: SharedStream = Rc::new(RefCell::new(StreamIo::default()));
                     io.borrow_mut().body_pending = true;
                     streams.insert(stream_id, Rc::clone(&io));
-                    new_calls.push(NewCall {
-                        stream_id,
-                        headers: list,
-                        io,
-                    });
+                    new_calls.push(NewCall { headers: list, io });
                 }
                 Ok((stream_id, h3::Event::Data)) => match streams.get(&stream_id) {
                     Some(io) => io.borrow_mut().body_pending = true,
@@ -138,6 +133,19 @@ impl Conn {
                     tracing::debug!(shard = shard.index, error = %e, "HTTP/3 connection error");
                     break;
                 }
+            }
+        }
+
+        // A client that stops reading (STOP_SENDING) shows up as a writable
+        // stream whose writes fail: end its call now, not when the
+        // component answers.
+        let stopped: Vec<u64> = quic
+            .writable()
+            .filter(|id| matches!(quic.stream_capacity(*id), Err(quiche::Error::StreamStopped(_))))
+            .collect();
+        for stream_id in stopped {
+            if let Some(io) = streams.remove(&stream_id) {
+                io.borrow_mut().abort();
             }
         }
 

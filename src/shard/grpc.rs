@@ -7,10 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
-    Ok = 0,
     Cancelled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
     DeadlineExceeded = 4,
     ResourceExhausted = 8,
     Internal = 13,
@@ -21,10 +18,7 @@ pub enum Code {
 impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
-            Code::Ok => "0",
             Code::Cancelled => "1",
-            Code::Unknown => "2",
-            Code::InvalidArgument => "3",
             Code::DeadlineExceeded => "4",
             Code::ResourceExhausted => "8",
             Code::Unimplemented => "12",

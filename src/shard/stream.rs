@@ -42,6 +42,8 @@ pub struct StreamIo {
     /// The response was completed (FIN handed to quiche).
     pub finished: bool,
     writer: Option<Waker>,
+    /// The call task waiting for nothing but an abort.
+    watcher: Option<Waker>,
 
     /// The client reset the stream or stopped reading it, or the
     /// connection closed: the call is over.
@@ -92,6 +94,9 @@ impl StreamIo {
         self.aborted = true;
         self.wake_reader();
         self.wake_writer();
+        if let Some(w) = self.watcher.take() {
+            w.wake();
+        }
     }
 
     /// The call is done and everything it produced has been written.
@@ -131,6 +136,19 @@ pub async fn writable(io: &SharedStream) -> bool {
             return Poll::Ready(true);
         }
         s.writer = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
+/// Resolves when the client abandons the call.
+pub async fn aborted(io: &SharedStream) {
+    poll_fn(|cx| {
+        let mut s = io.borrow_mut();
+        if s.aborted {
+            return Poll::Ready(());
+        }
+        s.watcher = Some(cx.waker().clone());
         Poll::Pending
     })
     .await

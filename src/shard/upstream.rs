@@ -8,7 +8,7 @@
 //! socket path but is a new process): that pair is the pool key.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -17,7 +17,7 @@ use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::pool::Endpoint;
+use crate::pool::{Endpoint, Snapshot};
 
 pub type Key = (u64, u64);
 
@@ -31,6 +31,8 @@ struct Upstream {
 #[derive(Default)]
 pub struct Upstreams {
     map: RefCell<HashMap<Key, Upstream>>,
+    /// The snapshot generation the map was last pruned against.
+    generation: std::cell::Cell<u64>,
     /// Breaks ties between equally loaded endpoints.
     turn: std::cell::Cell<usize>,
 }
@@ -97,17 +99,15 @@ impl Upstreams {
         self.map.borrow_mut().remove(&key);
     }
 
-    /// Drops connections to endpoints no longer in the snapshot.
-    pub fn retain(&self, live: impl Fn(&Key) -> bool) {
-        self.map.borrow_mut().retain(|k, _| live(k));
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Drops the connections to endpoints that left the snapshot (calls in
+    /// flight keep theirs until they end). Cheap when nothing changed.
+    pub fn follow(&self, snapshot: &Snapshot) {
+        if snapshot.generation() == self.generation.get() {
+            return;
+        }
+        self.generation.set(snapshot.generation());
+        let live: HashSet<Key> = snapshot.endpoints().map(key).collect();
+        self.map.borrow_mut().retain(|k, _| live.contains(k));
     }
 }
 

@@ -426,3 +426,86 @@ pub fn free_udp_port() -> std::net::SocketAddr {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap()
 }
+
+/// Runs the aioquic peer (tests/peers/aioquic_grpc.py): an HTTP/3 client
+/// nobody here wrote. `calls` share one QUIC connection.
+pub fn aioquic(
+    node: &Node,
+    authority: &str,
+    calls: serde_json::Value,
+    concurrent: bool,
+) -> Vec<serde_json::Value> {
+    let spec = serde_json::json!({
+        "connect": node.listen.to_string(),
+        "authority": authority,
+        "calls": calls,
+        "concurrent": concurrent,
+        "timeout_s": 20,
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aioquic_grpc.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 with aioquic (scripts/setup.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "aioquic peer failed");
+    let result: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("aioquic peer prints JSON");
+    result["calls"].as_array().unwrap().clone()
+}
+
+/// A protobuf message as the hex the peer takes.
+pub fn hex_of(message: &impl prost::Message) -> String {
+    hex::encode(message.encode_to_vec())
+}
+
+/// The reply messages of a peer call.
+pub fn replies(call: &serde_json::Value) -> Vec<vimana_example::pb::EchoReply> {
+    call["messages_hex"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|m| prost::Message::decode(&hex::decode(m.as_str().unwrap()).unwrap()[..]).unwrap())
+        .collect()
+}
+
+/// A header or trailer of a peer call's response.
+pub fn header<'a>(call: &'a serde_json::Value, section: &str, name: &str) -> Option<&'a str> {
+    call[section]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str() == Some(name))
+        .and_then(|h| h[1].as_str())
+}
+
+/// Runs `vimanad call` against the node; returns (exit code, stdout, stderr).
+pub fn vimanad_call(
+    node: &Node,
+    authority: &str,
+    path: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = Command::new(vimanad())
+        .arg("call")
+        .arg("--connect")
+        .arg(node.listen.to_string())
+        .arg(format!("https://{authority}{path}"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

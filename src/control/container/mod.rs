@@ -114,6 +114,9 @@ pub async fn launch(spec: &LaunchSpec, dir: &Path) -> Result<Process, ContainerE
         .open(dir.join("shim.log"))
         .map_err(io("open shim log"))?;
     // The running binary itself, even when an upgrade replaced the file.
+    // No pre_exec hook: std can then use posix_spawn instead of fork, which
+    // would copy the shards' locked io_uring memory. The shim makes its own
+    // session.
     let mut command = tokio::process::Command::new("/proc/self/exe");
     command
         .arg("shim")
@@ -123,14 +126,6 @@ pub async fn launch(spec: &LaunchSpec, dir: &Path) -> Result<Process, ContainerE
         .stderr(shim_log)
         .env_clear()
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe; the shim gets its own session so
-    // signals aimed at the runtime's process group do not reach containers.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
     let mut child = command.spawn().map_err(io("start shim"))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut first = String::new();
@@ -182,6 +177,23 @@ pub fn log_tail(path: Option<&Path>, n: usize) -> String {
     } else {
         format!("; last output: {}", tail.join(" | "))
     }
+}
+
+/// Creates the mount points the shim needs in an image's root filesystem
+/// once, so starting a container does not copy them up into its writable
+/// layer every time. Idempotent.
+pub fn prepare_mountpoints(rootfs: &Path) -> std::io::Result<()> {
+    for dir in ["proc", "dev", "tmp", "run/vimana", ".oldroot", "etc"] {
+        let path = rootfs.join(dir);
+        if !path.is_dir() {
+            std::fs::create_dir_all(&path)?;
+        }
+    }
+    let resolv = rootfs.join("etc/resolv.conf");
+    if std::fs::symlink_metadata(&resolv).is_err() {
+        std::fs::File::create(&resolv)?;
+    }
+    Ok(())
 }
 
 /// The host path of a pod's socket in its socket directory.

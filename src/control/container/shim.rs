@@ -34,6 +34,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Runs the shim; returns the shim's own exit code.
 pub fn main(spec_path: &Path) -> i32 {
+    // Its own session: signals aimed at the runtime's process group do not
+    // reach containers, and the shim outlives the runtime.
+    let _ = nix::unistd::setsid();
     let spec: LaunchSpec = match read_json(spec_path) {
         Ok(spec) => spec,
         Err(e) => {

@@ -109,6 +109,8 @@ impl Runtime {
                     source: std::io::Error::other(e),
                 })??
         };
+        container::prepare_mountpoints(&image_rootfs)
+            .map_err(Error::io(format!("container {id}: prepare {}", image_rootfs.display())))?;
         spec.lower = image_rootfs;
 
         let socket = container::socket_path(&spec.socket_dir);
