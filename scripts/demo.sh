@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README demo: sets up a fresh Debian machine, runs vimanad on its
-# built-in defaults (CRI on /run/vimanad/vimanad.sock, state in
-# /var/lib/vimanad), imports the example component image, runs a pod of it
-# through CRI and calls it. Run as root. KEEP_RUNNING=1 leaves the node up.
+# built-in defaults (CRI on /run/vimanad/vimanad.sock, gRPC over HTTP/3 on
+# UDP [::]:443, state in /var/lib/vimanad), imports the example component
+# image, runs a pod of it through CRI and calls it over HTTP/3.
+# Run as root. KEEP_RUNNING=1 leaves the node up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,6 +40,9 @@ echo "== running a pod of example.com:vimana.example.v1.Echo@1.0.0 through CRI"
     --name echo-demo | tee /tmp/vimanad-demo.run
 pod=$(awk 'NR == 1 {print $2}' /tmp/vimanad-demo.run)
 "$vimanad" cri ps
+echo "== a gRPC call over HTTP/3 to the example component"
+"$vimanad" call --connect 127.0.0.1:443 -v --output text \
+    https://example.com/vimana.example.v1.Echo/Unary --text "hello over HTTP/3"
 echo "== the component's log"
 cat /var/log/pods/echo-demo/component/0.log
-echo "== demo done: pod $pod is running"
+echo "== demo done: pod $pod served a gRPC call over HTTP/3"

@@ -61,7 +61,7 @@ struct ServeArgs {
     )]
     cri_socket: PathBuf,
     /// How long StartContainer waits for a component to serve gRPC.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
     start_timeout: Duration,
     /// IP reported for every pod (the node's data-plane address); detected
     /// when not given.
@@ -96,10 +96,10 @@ struct ServeArgs {
     #[arg(long, default_value = "256")]
     max_streams: usize,
     /// Idle timeout of QUIC connections.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
     idle_timeout: Duration,
     /// On SIGTERM, how long in-flight calls may take to finish.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = cli::parse_duration)]
     drain_timeout: Duration,
     /// cgroup under which containers' cgroups are made.
     #[arg(long, default_value = "vimanad")]
@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// A registry (HOST[:PORT], as in image names) to pull from over plain
+    /// HTTP; repeatable. Every other registry, loopback included, is HTTPS.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -146,23 +150,65 @@ enum ImageCommand {
         #[command(flatten)]
         state: StateDir,
     },
+    /// Pull an image from its registry into the store (as CRI PullImage).
+    Pull {
+        /// e.g. registry.example.com/echo:1.0 or NAME@sha256:...
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Push an image to a registry: an OCI image layout (directory or tar,
+    /// e.g. `image pack` output) or, if SOURCE is no path, a stored image.
+    Push {
+        /// Destination, e.g. registry.example.com/echo:1.0.
+        #[arg(long)]
+        name: String,
+        /// An OCI image layout, or the name or ID of a stored image.
+        source: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        state: StateDir,
+    },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 30s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
+#[derive(Args)]
+struct RegistryArgs {
+    /// A registry (HOST[:PORT]) reached over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// Username for the registry (basic auth, or traded for a token).
+    #[arg(long, env = "VIMANAD_REGISTRY_USERNAME")]
+    username: Option<String>,
+    /// Password for the registry.
+    #[arg(long, env = "VIMANAD_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+}
+
+impl RegistryArgs {
+    fn split(self) -> (image::RegistryConfig, image::Credentials) {
+        let credentials = match (self.username, self.password) {
+            (None, None) => image::Credentials::default(),
+            (user, pass) => {
+                image::Credentials::basic(&user.unwrap_or_default(), &pass.unwrap_or_default())
+            }
+        };
+        (
+            image::RegistryConfig::new(self.insecure_registry),
+            credentials,
+        )
+    }
+}
+
+/// A small runtime for the registry subcommands.
+fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
+    Ok(rt.block_on(future))
 }
 
 fn main() -> std::process::ExitCode {
@@ -243,6 +289,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pod_ip: args.pod_ip.unwrap_or_else(detect_node_ip),
         runtime_handler: args.runtime_handler,
         cgroup_parent: args.cgroup_parent,
+        insecure_registries: args.insecure_registry,
     };
     // The control thread: one tokio runtime on one thread (SPEC.md §2).
     let control = std::thread::Builder::new()
@@ -343,6 +390,36 @@ fn image_command(cmd: ImageCommand) -> anyhow::Result<()> {
                     println!("{name:<72} {id:<20} {:>10}", img.size);
                 }
             }
+        }
+        ImageCommand::Pull {
+            reference,
+            registry,
+            state,
+        } => {
+            init_logging("text");
+            let (registries, credentials) = registry.split();
+            let puller = image::Puller::new(std::sync::Arc::new(open(&state)?), registries);
+            let img = block_on(puller.pull(&reference, credentials))??;
+            println!("pulled {} {}", img.id, img.repo_tags.join(" "));
+        }
+        ImageCommand::Push {
+            name,
+            source,
+            registry,
+            state,
+        } => {
+            init_logging("text");
+            let (registries, credentials) = registry.split();
+            let source = if std::path::Path::new(&source).exists() {
+                image::PushSource::Layout(source.into())
+            } else {
+                image::PushSource::Stored {
+                    store: open(&state)?,
+                    reference: source,
+                }
+            };
+            let pushed = block_on(image::push(source, &name, &registries, &credentials))??;
+            println!("pushed {}@{}", pushed.name, pushed.digest);
         }
         ImageCommand::Rm { reference, state } => {
             if open(&state)?.remove(&reference)? {

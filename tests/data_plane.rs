@@ -175,18 +175,18 @@ async fn deadlines_and_cancellation_reach_the_component() {
     let mut node = Node::start().await;
     let pod = node.running_pod("a", V1).await;
     let slow = hex_of(&pb::EchoRequest {
-        sleep_ms: 3000,
+        sleep_ms: 10_000,
         ..Default::default()
     });
 
-    let started = Instant::now();
     let call =
         json!([{ "path": UNARY, "messages_hex": [slow], "headers": [["grpc-timeout", "200m"]] }]);
     let r = &aioquic(&node, "example.com", call, false)[0];
     assert_eq!(r["grpc_status"], 4, "{r}");
+    let elapsed = r["elapsed_ms"].as_f64().unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "answered at the deadline, not after the sleep"
+        elapsed < 5_000.0,
+        "answered at the deadline, not after the 10 s sleep: {r}"
     );
 
     let call = json!([{ "path": UNARY, "messages_hex": [slow], "cancel_after_ms": 200 }]);
@@ -319,8 +319,8 @@ async fn a_component_crashing_mid_stream_fails_only_its_calls() {
         .await;
     let long = hex_of(&pb::StreamRequest {
         message: "s".into(),
-        count: 100,
-        interval_ms: 50,
+        count: 1000,
+        interval_ms: 20,
     });
     let crash = hex_of(&pb::EchoRequest {
         crash: true,
@@ -331,17 +331,18 @@ async fn a_component_crashing_mid_stream_fails_only_its_calls() {
         { "path": "/vimana.example.v1.Echo/ServerStream", "messages_hex": [long] },
         { "path": UNARY, "messages_hex": [crash] },
     ]);
-    let started = Instant::now();
     let results = aioquic(&node, "example.com", calls, true);
     assert_eq!(
         results[0]["grpc_status"], 14,
         "the open stream is told UNAVAILABLE: {}",
         results[0]
     );
-    assert!(replies(&results[0]).len() < 100);
+    assert!(replies(&results[0]).len() < 1000);
+    let elapsed = results[0]["elapsed_ms"].as_f64().unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "at once, not at the stream's end"
+        elapsed < 10_000.0,
+        "at once, not at the 20 s stream's end: {}",
+        results[0]
     );
     node.wait_state(&doomed, cri::ContainerState::ContainerExited)
         .await;
@@ -420,4 +421,20 @@ async fn connections_spread_over_both_shards() {
             "shard {shard} served nothing: {line}"
         );
     }
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_and_the_node_keeps_serving() {
+    let mut node = Node::start().await;
+    node.running_pod("a", V1).await;
+    let huge = "h".repeat(32 * 1024);
+    let call =
+        json!([{ "path": UNARY, "messages_hex": [echo("x")], "headers": [["x-huge", huge]] }]);
+    let r = &aioquic(&node, "example.com", call, false)[0];
+    assert_ne!(
+        r["grpc_status"], 0,
+        "a 32 KiB header section is not served: {r}"
+    );
+    let r = &aioquic(&node, "example.com", json!([unary_call("fine")]), false)[0];
+    assert_eq!(replies(r)[0].message, "fine");
 }

@@ -48,7 +48,7 @@ pub struct CallArgs {
     headers: Vec<String>,
     /// Deadline for the whole call (e.g. 500ms, 5s); also sent as grpc-timeout
     /// unless a -H grpc-timeout is given.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = super::parse_duration)]
     timeout: Option<Duration>,
     /// Skip certificate verification (the default unless --ca is given: the
     /// data plane's certificate is self-signed by default).
@@ -261,23 +261,6 @@ fn request_headers(target: &Target, raw: &[String], timeout: Option<Duration>) -
         headers.push(("grpc-timeout".into(), grpc::grpc_timeout(t)));
     }
     Ok(headers)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 500ms, 5s, 2m)"))?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 fn find<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
@@ -796,12 +779,24 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            super::super::parse_duration("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            super::super::parse_duration("5s"),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            super::super::parse_duration("2"),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(
+            super::super::parse_duration("1.5m"),
+            Ok(Duration::from_secs(90))
+        );
         for bad in ["5h", "s", "", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(super::super::parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

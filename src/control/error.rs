@@ -29,6 +29,10 @@ pub enum Error {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The state database could not be read or written (disk full,
+    /// unwritable directory, corruption).
+    #[error("{0}")]
+    State(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -55,12 +59,16 @@ impl Error {
             Error::Container(
                 ContainerError::StartFailed { .. } | ContainerError::ExitedDuringStart { .. },
             ) => Code::FailedPrecondition,
-            Error::Container(ContainerError::Io { .. }) | Error::Io { .. } => Code::Internal,
+            Error::Container(ContainerError::Io { .. }) | Error::Io { .. } | Error::State(_) => {
+                Code::Internal
+            }
             Error::Image(e) => match e.kind() {
                 ImageErrorKind::NotFound => Code::NotFound,
                 ImageErrorKind::InvalidArgument => Code::InvalidArgument,
                 ImageErrorKind::InvalidImage => Code::FailedPrecondition,
                 ImageErrorKind::Internal => Code::Internal,
+                ImageErrorKind::Unavailable => Code::Unavailable,
+                ImageErrorKind::Unauthenticated => Code::Unauthenticated,
             },
         }
     }

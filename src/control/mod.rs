@@ -9,6 +9,8 @@ pub mod cri;
 mod error;
 pub mod image;
 mod lifecycle;
+mod persist;
+mod recover;
 mod runtime;
 mod state;
 
@@ -35,6 +37,7 @@ pub async fn serve(
     let socket = config.cri_socket.clone();
     let listener = bind_socket(&socket)?;
     let runtime = Runtime::new(config, publisher)?;
+    runtime.recover()?;
     let cri = cri::Cri::new(Arc::clone(&runtime));
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::container::cgroup::Hierarchy;
-use super::image::ImageStore;
+use super::image::{ImageStore, Puller, RegistryConfig};
+use super::lifecycle::Lifecycle;
+use super::persist::Db;
 use super::state::Store;
 use super::Error;
 use crate::pool::PodId;
@@ -33,13 +35,19 @@ pub struct Config {
     pub runtime_handler: String,
     /// cgroup (relative to each hierarchy's root) holding the containers'.
     pub cgroup_parent: String,
+    /// Registries (`HOST[:PORT]`) pulled from over plain HTTP; every other
+    /// registry, loopback included, is reached over HTTPS.
+    pub insecure_registries: Vec<String>,
 }
 
 pub struct Runtime {
     pub config: Config,
     pub images: Arc<ImageStore>,
+    /// Registry pulls into `images`, each reference pulled once at a time.
+    pub puller: Puller,
     pub cgroups: Hierarchy,
     store: Mutex<Store>,
+    db: Db,
     publisher: Publisher,
     op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -54,13 +62,20 @@ impl Runtime {
         std::fs::create_dir_all(config.state_dir.join("containers"))
             .map_err(Error::io("create the container directory"))?;
         let images = Arc::new(ImageStore::open(&config.state_dir.join("images"))?);
+        let puller = Puller::new(
+            Arc::clone(&images),
+            RegistryConfig::new(config.insecure_registries.clone()),
+        );
         let cgroups = Hierarchy::detect();
+        let db = Db::open(&config.state_dir.join("state.redb"))?;
         tracing::info!(cgroups = %cgroups.describe(), "control plane ready");
         Ok(Arc::new(Self {
             config,
             images,
+            puller,
             cgroups,
             store: Mutex::new(Store::default()),
+            db,
             publisher,
             op_locks: Mutex::new(HashMap::new()),
         }))
@@ -80,6 +95,32 @@ impl Runtime {
     pub fn publish(&self, store: &Store) {
         let generation = self.publisher.publish(&store.pool);
         tracing::debug!(generation, "pod pool published");
+    }
+
+    /// Writes the pod's record (or its absence) to the state database.
+    pub fn persist(&self, id: &PodId) -> Result<(), Error> {
+        let (record, next) = {
+            let store = self.store();
+            let record = store.pods.get(id).map(Db::encode).transpose()?;
+            (record, store.next_ordinal)
+        };
+        match record {
+            Some(record) => self.db.save(id, &record, next),
+            None => self.db.delete(id),
+        }
+    }
+
+    /// Loads the state database (recovery).
+    pub fn load(&self) -> Result<(Vec<super::state::Pod>, u64), Error> {
+        self.db.load()
+    }
+
+    /// A pod's lifecycle state and whether it has a container, if it exists.
+    pub fn phase(&self, id: &PodId) -> Option<(Lifecycle, bool)> {
+        self.store()
+            .pods
+            .get(id)
+            .map(|pod| (pod.lifecycle, pod.container.is_some()))
     }
 
     /// Serialises mutating calls on one pod.

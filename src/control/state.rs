@@ -36,7 +36,8 @@ impl SandboxKey {
     }
 }
 
-#[derive(Debug)]
+/// Serialised whole into the state database (`persist.rs`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pod {
     pub id: PodId,
     pub config: cri::PodSandboxConfig,
@@ -56,14 +57,14 @@ impl Pod {
 
 /// The container's CRI-visible state, apart from the pod lifecycle (a
 /// container in a killed pod is still reported as it last was).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ContainerPhase {
     Created,
     Running,
     Exited,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Container {
     pub config: cri::ContainerConfig,
     pub image: Image,
@@ -77,7 +78,11 @@ pub struct Container {
     pub log_path: Option<PathBuf>,
     /// The container's state directory (overlay layers, spec, exit record).
     pub dir: PathBuf,
+    /// The live handle of the process, rebuilt on recovery from `identity`.
+    #[serde(skip)]
     pub process: Option<Process>,
+    /// Which processes this container's are, surviving a runtime restart.
+    pub identity: Option<super::container::Identity>,
     pub cgroups: Vec<PathBuf>,
 }
 
@@ -89,6 +94,13 @@ impl Container {
         if self.phase == ContainerPhase::Exited || current != Some(pid) {
             return false;
         }
+        self.apply_exit(record);
+        true
+    }
+
+    /// Records an exit unconditionally (recovery: the process ended while
+    /// no runtime watched it).
+    pub fn apply_exit(&mut self, record: &super::container::ExitRecord) {
         self.phase = ContainerPhase::Exited;
         self.finished_at = record.finished_at;
         self.exit_code = record.exit_code;
@@ -106,7 +118,6 @@ impl Container {
         };
         self.reason = reason.to_owned();
         self.message = message;
-        true
     }
 }
 

@@ -141,7 +141,12 @@ impl Conn {
         // component answers.
         let stopped: Vec<u64> = quic
             .writable()
-            .filter(|id| matches!(quic.stream_capacity(*id), Err(quiche::Error::StreamStopped(_))))
+            .filter(|id| {
+                matches!(
+                    quic.stream_capacity(*id),
+                    Err(quiche::Error::StreamStopped(_))
+                )
+            })
             .collect();
         for stream_id in stopped {
             if let Some(io) = streams.remove(&stream_id) {

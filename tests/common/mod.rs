@@ -44,6 +44,7 @@ pub struct Node {
     pub listen: std::net::SocketAddr,
     pub process: Child,
     pub cgroup_parent: String,
+    extra: Vec<String>,
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
 }
@@ -89,42 +90,44 @@ impl Node {
             "vimanad-test-{}",
             root.path().file_name().unwrap().to_string_lossy()
         );
-        let log = std::fs::File::create(root.path().join("vimanad.log")).unwrap();
         let listen = free_udp_port();
-        let process = Command::new(vimanad())
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--run-dir")
-            .arg(root.path().join("run"))
-            .arg("--cri-socket")
-            .arg(root.path().join("cri.sock"))
-            .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
-            .args(["--listen", &listen.to_string(), "--shards", "2"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let socket = root.path().join("cri.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "vimanad did not open its CRI socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let channel = uds_channel(socket).await;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = spawn_server(root.path(), listen, &cgroup_parent, &extra);
+        let channel = connect_cri(&root.path().join("cri.sock")).await;
         Node {
             root,
             listen,
             process,
             cgroup_parent,
+            extra,
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
         }
+    }
+
+    /// `kill -9` the runtime (its containers keep running).
+    pub fn kill9(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+
+    /// SIGTERM, and wait for a graceful exit.
+    pub fn stop_gracefully(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
+        self.process.wait().unwrap()
+    }
+
+    /// Starts the runtime again on the same state, socket and port.
+    pub async fn restart(&mut self) {
+        self.process = spawn_server(
+            self.root.path(),
+            self.listen,
+            &self.cgroup_parent,
+            &self.extra,
+        );
+        let channel = connect_cri(&self.socket()).await;
+        self.runtime = RuntimeServiceClient::new(channel.clone());
+        self.images = ImageServiceClient::new(channel);
     }
 
     pub fn log(&self) -> String {
@@ -296,6 +299,48 @@ impl Drop for Node {
         kill_processes_mentioning(self.root.path());
         remove_cgroups(&self.cgroup_parent);
     }
+}
+
+fn spawn_server(
+    root: &Path,
+    listen: std::net::SocketAddr,
+    cgroup_parent: &str,
+    extra: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("vimanad.log"))
+        .unwrap();
+    Command::new(vimanad())
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--run-dir")
+        .arg(root.join("run"))
+        .arg("--cri-socket")
+        .arg(root.join("cri.sock"))
+        .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", cgroup_parent])
+        .args(["--listen", &listen.to_string(), "--shards", "2"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the CRI socket to accept and connects to it.
+async fn connect_cri(socket: &Path) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "vimanad did not open its CRI socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    uds_channel(socket.to_path_buf()).await
 }
 
 /// SIGKILLs every process whose command line mentions `path` (the shims of
@@ -508,4 +553,257 @@ pub fn vimanad_call(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// ---- Registries (tests/registry.rs) ----
+
+/// A TCP port nobody listens on now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on loopback,
+/// plain HTTP, with its own storage; optionally behind htpasswd basic auth.
+/// Killed when dropped.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`, as written in image names.
+    pub host: String,
+    process: Child,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_inner(None)
+    }
+
+    /// With htpasswd auth: `user` / `password` (bcrypt, made by `htpasswd`).
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Self::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("vreg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let port = free_tcp_port();
+        let host = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (apache2-utils; scripts/setup.sh installs it)");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: vimana-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let process = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (scripts/setup.sh installs it)");
+        let registry = Registry { dir, host, process };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.host).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {}: {}",
+                registry.host,
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many times the registry served `GET` of this blob.
+    pub fn blob_gets(&self, repo: &str, digest: &str) -> usize {
+        let needle = format!("\"GET /v2/{repo}/blobs/{digest} HTTP");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// `skopeo copy` of an OCI archive to `docker://DEST` over plain HTTP.
+pub fn skopeo_copy(archive: &Path, dest: &str, creds: Option<&str>) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--dest-tls-verify=false"]);
+    if let Some(creds) = creds {
+        cmd.args(["--dest-creds", creds]);
+    }
+    let out = cmd
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy to {dest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The manifest digest a registry serves for `reference`, by `skopeo inspect`.
+pub fn skopeo_digest(reference: &str, creds: Option<&str>) -> String {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["inspect", "--tls-verify=false"]);
+    if let Some(creds) = creds {
+        cmd.args(["--creds", creds]);
+    }
+    let out = cmd.arg(format!("docker://{reference}")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Digest"].as_str().unwrap().to_owned()
+}
+
+impl Node {
+    /// Starts vimanad with an empty image store.
+    pub async fn start_empty(extra: &[&str]) -> Node {
+        let mut node = Self::start_with(extra).await;
+        node.images
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: IMAGE.to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        assert!(node.list_images().await.is_empty());
+        node
+    }
+
+    pub async fn pull(
+        &mut self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+    ) -> Result<String, tonic::Status> {
+        self.images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_owned(),
+                    ..Default::default()
+                }),
+                auth,
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().image_ref)
+    }
+
+    pub async fn list_images(&mut self) -> Vec<cri::Image> {
+        self.images
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+    }
+
+    pub async fn image_status(&mut self, image: &str) -> Option<cri::Image> {
+        self.images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_owned(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+    }
+
+    pub async fn image_fs_used(&mut self) -> u64 {
+        self.images
+            .image_fs_info(cri::ImageFsInfoRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .image_filesystems[0]
+            .used_bytes
+            .as_ref()
+            .unwrap()
+            .value
+    }
+
+    /// Everything under the image store but its lock file: blobs, index,
+    /// root filesystems, work dirs.
+    pub fn store_files(&self) -> Vec<String> {
+        let root = self.state_dir().join("images");
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(&root).unwrap().display().to_string();
+                if rel == "lock" {
+                    continue;
+                }
+                // A root filesystem counts, not its contents.
+                if entry.file_type().unwrap().is_dir() && !rel.starts_with("rootfs/") {
+                    stack.push(path);
+                }
+                out.push(rel);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// CreateContainer with `image` instead of the example image's name.
+    pub async fn create_with_image(
+        &mut self,
+        pod_id: &str,
+        image: &str,
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.sandbox_config(pod_id).await;
+        let mut config = container_config("component", &[]);
+        config.image = Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        });
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        };
+        self.runtime
+            .create_container(req)
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod logs;
+pub mod process;
 mod ready;
 pub mod shim;
 pub mod spec;
@@ -16,11 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
+pub use process::{Identity, Process};
 pub use ready::{wait_ready, NotReady, Readiness};
 pub use spec::{ExitRecord, LaunchSpec, ShimHello, SOCKET_DIR_IN_CONTAINER, SOCKET_NAME};
 
@@ -44,56 +44,6 @@ pub enum ContainerError {
         timeout: Duration,
         last: String,
     },
-}
-
-/// A running container process, watched until it exits.
-#[derive(Debug, Clone)]
-pub struct Process {
-    /// The container process (PID 1 of its namespace), as the host sees it.
-    pub pid: i32,
-    /// Its shim, which reopens the log on SIGUSR1.
-    pub shim_pid: i32,
-    exited: watch::Receiver<Option<ExitRecord>>,
-}
-
-impl Process {
-    /// Sends `signal` to the container process (its host PID).
-    pub fn signal(&self, signal: Signal) {
-        if self.exit().is_none() {
-            let _ = kill(Pid::from_raw(self.pid), signal);
-        }
-    }
-
-    /// How it ended, once it has.
-    pub fn exit(&self) -> Option<ExitRecord> {
-        self.exited.borrow().clone()
-    }
-
-    /// Waits for the exit.
-    pub async fn wait(&self) -> ExitRecord {
-        let mut rx = self.exited.clone();
-        let record = rx.wait_for(Option::is_some).await.map(|r| r.clone());
-        record.ok().flatten().unwrap_or_else(lost_record)
-    }
-
-    /// Waits up to `timeout` for the exit.
-    pub async fn wait_timeout(&self, timeout: Duration) -> Option<ExitRecord> {
-        tokio::time::timeout(timeout, self.wait()).await.ok()
-    }
-
-    /// A receiver that sees the exit (for tasks reacting to crashes).
-    pub fn exited(&self) -> watch::Receiver<Option<ExitRecord>> {
-        self.exited.clone()
-    }
-}
-
-fn lost_record() -> ExitRecord {
-    ExitRecord {
-        exit_code: 255,
-        signal: None,
-        finished_at: spec::now_nanos(),
-        start_error: Some("the shim ended without an exit record".to_owned()),
-    }
 }
 
 /// Starts a shim for `spec` in `dir` (the container's state directory) and
@@ -152,14 +102,9 @@ pub async fn launch(spec: &LaunchSpec, dir: &Path) -> Result<Process, ContainerE
     let shim_pid = child.id().map(|p| p as i32).unwrap_or_default();
     tokio::spawn(async move {
         let _ = child.wait().await;
-        let record = spec::read_json(&exit_file).unwrap_or_else(|_| lost_record());
-        let _ = tx.send(Some(record));
+        let _ = tx.send(Some(process::read_exit(&exit_file)));
     });
-    Ok(Process {
-        pid,
-        shim_pid,
-        exited: rx,
-    })
+    Ok(Process::new(Identity::of(pid, shim_pid), rx))
 }
 
 /// The last `n` messages of a CRI log file, for errors the operator can act on.

@@ -112,6 +112,7 @@ impl Runtime {
             log_path,
             dir,
             process: None,
+            identity: None,
             cgroups: Vec::new(),
         });
         pod.lifecycle = Lifecycle::Created;
@@ -124,9 +125,8 @@ impl Runtime {
             return Ok(());
         };
         let _op = self.lock_pod(&id).await;
-        let (lifecycle, present) = match self.store().pods.get(&id) {
-            Some(pod) => (pod.lifecycle, pod.container.is_some()),
-            None => return Ok(()),
+        let Some((lifecycle, present)) = self.phase(&id) else {
+            return Ok(());
         };
         if step(lifecycle, Call::StopContainer, present) != Step::Go {
             return Ok(());
@@ -191,9 +191,8 @@ impl Runtime {
             return Ok(());
         };
         let _op = self.lock_pod(&id).await;
-        let (lifecycle, present) = match self.store().pods.get(&id) {
-            Some(pod) => (pod.lifecycle, pod.container.is_some()),
-            None => return Ok(()),
+        let Some((lifecycle, present)) = self.phase(&id) else {
+            return Ok(());
         };
         match step(lifecycle, Call::RemoveContainer, present) {
             Step::Go => {}

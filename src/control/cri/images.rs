@@ -2,7 +2,7 @@
 
 use k8s_cri::v1 as cri;
 
-use crate::control::image::Image;
+use crate::control::image::{Credentials, Image};
 use crate::control::runtime::Runtime;
 use crate::control::state::now_nanos;
 use crate::control::Error;
@@ -32,14 +32,14 @@ impl Runtime {
         })
     }
 
-    pub fn pull_image(&self, spec: Option<cri::ImageSpec>) -> Result<String, Error> {
-        let reference = image_name(spec)?;
-        match self.images.find(&reference)? {
-            Some(image) => Ok(image.id),
-            None => Err(Error::NotFound(format!(
-                "image {reference:?} is not in the local image store and registry pulls are not available yet: import it with `vimanad image import`"
-            ))),
-        }
+    /// PullImage: fetches the image from its registry (HTTPS unless listed
+    /// as insecure) with the kubelet's credentials; concurrent pulls of one
+    /// image share the work. Returns the image id.
+    pub async fn pull_image(&self, req: cri::PullImageRequest) -> Result<String, Error> {
+        let reference = image_name(req.image)?;
+        let credentials = req.auth.map(credentials).unwrap_or_default();
+        let image = self.puller.pull(&reference, credentials).await?;
+        Ok(image.id)
     }
 
     pub fn remove_image(&self, spec: Option<cri::ImageSpec>) -> Result<(), Error> {
@@ -89,6 +89,18 @@ fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, Error> {
     spec.map(|s| s.image)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::InvalidArgument("no image given".into()))
+}
+
+/// The CRI `AuthConfig` as the puller takes it (`server_address` is only
+/// which registry the kubelet matched it to).
+fn credentials(auth: cri::AuthConfig) -> Credentials {
+    Credentials {
+        username: auth.username,
+        password: auth.password,
+        auth: auth.auth,
+        registry_token: auth.registry_token,
+        identity_token: auth.identity_token,
+    }
 }
 
 fn to_cri(image: &Image) -> cri::Image {

@@ -39,6 +39,23 @@ impl Cri {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Writes the pod a mutating call touched to the state database, whatever
+/// the call's outcome (a failed start changes state too); the call succeeds
+/// only if both did.
+fn persisted<T>(
+    runtime: &Runtime,
+    id: &str,
+    result: Result<T, crate::control::Error>,
+) -> Result<T, Status> {
+    let saved = match crate::control::runtime::parse_id(id) {
+        Some(id) => runtime.persist(&id),
+        None => Ok(()),
+    };
+    let value = result?;
+    saved?;
+    Ok(value)
+}
+
 fn unsupported<T>(what: &str) -> Reply<T> {
     Err(Status::unimplemented(format!(
         "{what} is not supported by vimanad: components are reached only through their gRPC socket"
@@ -61,6 +78,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Reply<cri::RunPodSandboxResponse> {
         let id = self.runtime.run_pod_sandbox(req.into_inner())?;
+        self.runtime.persist(&id)?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id.to_string(),
         }))
@@ -70,9 +88,9 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Reply<cri::StopPodSandboxResponse> {
-        self.runtime
-            .stop_pod_sandbox(&req.into_inner().pod_sandbox_id)
-            .await?;
+        let id = req.into_inner().pod_sandbox_id;
+        let result = self.runtime.stop_pod_sandbox(&id).await;
+        persisted(&self.runtime, &id, result)?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -80,9 +98,9 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Reply<cri::RemovePodSandboxResponse> {
-        self.runtime
-            .remove_pod_sandbox(&req.into_inner().pod_sandbox_id)
-            .await?;
+        let id = req.into_inner().pod_sandbox_id;
+        let result = self.runtime.remove_pod_sandbox(&id).await;
+        persisted(&self.runtime, &id, result)?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -108,7 +126,10 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Reply<cri::CreateContainerResponse> {
-        let id = self.runtime.create_container(req.into_inner()).await?;
+        let req = req.into_inner();
+        let pod = req.pod_sandbox_id.clone();
+        let result = self.runtime.create_container(req).await;
+        let id = persisted(&self.runtime, &pod, result)?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id.to_string(),
         }))
@@ -118,9 +139,9 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::StartContainerRequest>,
     ) -> Reply<cri::StartContainerResponse> {
-        self.runtime
-            .start_container(&req.into_inner().container_id)
-            .await?;
+        let id = req.into_inner().container_id;
+        let result = self.runtime.start_container(&id).await;
+        persisted(&self.runtime, &id, result)?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -129,9 +150,11 @@ impl RuntimeService for Cri {
         req: Request<cri::StopContainerRequest>,
     ) -> Reply<cri::StopContainerResponse> {
         let req = req.into_inner();
-        self.runtime
+        let result = self
+            .runtime
             .stop_container(&req.container_id, req.timeout)
-            .await?;
+            .await;
+        persisted(&self.runtime, &req.container_id, result)?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -139,9 +162,9 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::RemoveContainerRequest>,
     ) -> Reply<cri::RemoveContainerResponse> {
-        self.runtime
-            .remove_container(&req.into_inner().container_id)
-            .await?;
+        let id = req.into_inner().container_id;
+        let result = self.runtime.remove_container(&id).await;
+        persisted(&self.runtime, &id, result)?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -168,9 +191,11 @@ impl RuntimeService for Cri {
         req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
         let req = req.into_inner();
-        self.runtime
+        let result = self
+            .runtime
             .update_container_resources(&req.container_id, req.linux)
-            .await?;
+            .await;
+        persisted(&self.runtime, &req.container_id, result)?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -327,7 +352,7 @@ impl ImageService for Cri {
         &self,
         req: Request<cri::PullImageRequest>,
     ) -> Reply<cri::PullImageResponse> {
-        let image_ref = self.runtime.pull_image(req.into_inner().image)?;
+        let image_ref = self.runtime.pull_image(req.into_inner()).await?;
         Ok(Response::new(cri::PullImageResponse { image_ref }))
     }
 

@@ -77,9 +77,8 @@ impl Runtime {
             return Ok(());
         };
         let _op = self.lock_pod(&id).await;
-        let (lifecycle, present) = match self.store().pods.get(&id) {
-            Some(pod) => (pod.lifecycle, pod.container.is_some()),
-            None => return Ok(()),
+        let Some((lifecycle, present)) = self.phase(&id) else {
+            return Ok(());
         };
         match step(lifecycle, Call::StopPodSandbox, present) {
             Step::Go => {}
@@ -102,9 +101,8 @@ impl Runtime {
             return Ok(());
         };
         let op = self.lock_pod(&id).await;
-        let (lifecycle, present) = match self.store().pods.get(&id) {
-            Some(pod) => (pod.lifecycle, pod.container.is_some()),
-            None => return Ok(()),
+        let Some((lifecycle, present)) = self.phase(&id) else {
+            return Ok(());
         };
         match step(lifecycle, Call::RemovePodSandbox, present) {
             Step::Go => {}

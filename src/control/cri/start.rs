@@ -109,8 +109,10 @@ impl Runtime {
                     source: std::io::Error::other(e),
                 })??
         };
-        container::prepare_mountpoints(&image_rootfs)
-            .map_err(Error::io(format!("container {id}: prepare {}", image_rootfs.display())))?;
+        container::prepare_mountpoints(&image_rootfs).map_err(Error::io(format!(
+            "container {id}: prepare {}",
+            image_rootfs.display()
+        )))?;
         spec.lower = image_rootfs;
 
         let socket = container::socket_path(&spec.socket_dir);
@@ -153,6 +155,7 @@ impl Runtime {
         {
             let mut store = self.store();
             if let Some(c) = store.pods.get_mut(id).and_then(|p| p.container.as_mut()) {
+                c.identity = Some(process.identity());
                 c.process = Some(process.clone());
                 c.cgroups = cgroups.clone();
                 c.phase = ContainerPhase::Created;
@@ -161,6 +164,14 @@ impl Runtime {
                 c.reason.clear();
                 c.message.clear();
             }
+        }
+        // Recorded before waiting for readiness: a runtime that dies now
+        // must find (and not orphan) this process when it comes back.
+        if let Err(e) = self.persist(id) {
+            process.signal(Signal::SIGKILL);
+            process.wait().await;
+            cgroup::remove(&cgroups);
+            return Err(e);
         }
 
         match wait_ready(&socket, &process, self.config.start_timeout).await {
@@ -220,7 +231,7 @@ impl Runtime {
 
     /// Marks the container EXITED and takes it out of routing the moment
     /// its process ends on its own.
-    fn watch_exit(self: &std::sync::Arc<Self>, id: PodId, process: Process) {
+    pub(crate) fn watch_exit(self: &std::sync::Arc<Self>, id: PodId, process: Process) {
         let runtime = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
             let record = process.wait().await;
@@ -238,7 +249,7 @@ impl Runtime {
                 if !container.record_exit(process.pid, &record) {
                     return;
                 }
-                if pod.lifecycle == Lifecycle::Running {
+                if matches!(pod.lifecycle, Lifecycle::Running | Lifecycle::Starting) {
                     pod.lifecycle = Lifecycle::Stopped;
                 }
                 let cgroups = std::mem::take(&mut container.cgroups);
@@ -249,6 +260,9 @@ impl Runtime {
             };
             cgroup::remove(&cgroups);
             tracing::warn!(container = %id, exit_code = record.exit_code, "container exited");
+            if let Err(e) = runtime.persist(&id) {
+                tracing::error!(container = %id, error = %e, "cannot record the container's exit");
+            }
         });
     }
 }

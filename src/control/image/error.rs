@@ -21,6 +21,12 @@ pub enum ErrorKind {
     InvalidImage,
     /// Local failure: I/O, a corrupt store (gRPC INTERNAL).
     Internal,
+    /// The registry cannot be reached or fails (connection refused, DNS,
+    /// TLS, timeouts, 5xx, a download cut short) (gRPC UNAVAILABLE).
+    Unavailable,
+    /// The registry wants credentials, or refused the ones given (gRPC
+    /// UNAUTHENTICATED).
+    Unauthenticated,
 }
 
 /// Errors of the image store, import, pack and unpack.
@@ -72,6 +78,19 @@ pub enum ImageError {
     #[error("image store {}: {reason}", dir.display())]
     CorruptStore { dir: PathBuf, reason: String },
 
+    /// A registry answered with an error or could not be reached; `kind`
+    /// says which (not found, unavailable, unauthenticated, bad content).
+    #[error("image {image:?}: {reason}")]
+    Registry {
+        image: String,
+        kind: ErrorKind,
+        reason: String,
+    },
+
+    /// One outcome shared by every caller of a pull done once.
+    #[error(transparent)]
+    Shared(std::sync::Arc<ImageError>),
+
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -94,6 +113,8 @@ impl ImageError {
             | ImageError::UnsafePath { .. }
             | ImageError::InvalidImage { .. } => ErrorKind::InvalidImage,
             ImageError::CorruptStore { .. } | ImageError::Io { .. } => ErrorKind::Internal,
+            ImageError::Registry { kind, .. } => *kind,
+            ImageError::Shared(inner) => inner.kind(),
         }
     }
 

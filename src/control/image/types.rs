@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::oci::ConfigFile;
 
 /// An image in the store, as the CRI layer reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Image {
     /// `sha256:<hex of the config blob digest>` (like containerd).
     pub id: String,
@@ -24,7 +24,7 @@ pub struct Image {
 }
 
 /// The runtime-relevant part of an image config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,

@@ -1,0 +1,1353 @@
+//! The data plane under load: unary gRPC calls over HTTP/3 through vimanad,
+//! against the same component called directly over HTTP/2 (the ceiling).
+//!
+//! Starts the real `vimanad serve` (as root, in a private root under /tmp,
+//! with the example image imported, `--shards N` on a free UDP port), starts
+//! one example-component pod over CRI and learns its socket from
+//! PodSandboxStatus `info["socket"]`. Then, for each concurrency (streams
+//! in flight), it drives `vimana.example.v1.Echo/Unary` with a 64-byte
+//! payload for a fixed window, two ways, alternating, for several rounds:
+//!
+//! - **vimanad (HTTP/3)**: a load generator in this file, quiche as a
+//!   client on non-blocking UDP sockets, one thread per QUIC connection.
+//!   The streams are spread over `--connections` connections, and each keeps
+//!   its share in flight: a new stream opens as soon as one completes. Every
+//!   response is checked: HTTP 200, one EchoReply carrying the payload, and
+//!   `grpc-status: 0` in the trailers.
+//! - **ceiling (HTTP/2 direct)**: the component's own tonic client over as
+//!   many connections to its Unix socket, with the same streams in flight,
+//!   in a tokio runtime with one worker thread.
+//!
+//! Each window starts with a short untimed warm-up. For each (path,
+//! streams) it prints the medians over rounds of calls/s, p50 and p99
+//! latency (µs, nearest rank, of the calls completed in the window), and CPU
+//! time per call (utime + stime from /proc/PID/stat, all threads, over the
+//! window, divided by the calls) of vimanad, of the component, and of this
+//! load generator; and the ratio of calls/s, vimanad / ceiling. Errors and
+//! calls still in flight 5 s after a window (stalls) are reported loudly,
+//! with the kinds of error, and make the bench exit with status 1.
+//!
+//! ```text
+//! scripts/bench-e2e.sh --markdown      # sets up, builds the image first
+//! cargo bench --bench e2e -- [--duration 5s] [--quick] [--connections 4]
+//!     [--streams 1,16,64] [--rounds 3] [--shards 1[,2]] [--markdown]
+//! ```
+//! `--quick` is 0.5 s windows and streams 1 and 16 (for CI). `--shards 1,2`
+//! runs the whole series once per shard count, each on a fresh vimanad.
+//! Needs target/example/vimana-example.oci.tar
+//! (scripts/build-example-image.sh release).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use prost::Message;
+use quiche::h3::{self, NameValue};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use vimana_example::pb::echo_client::EchoClient;
+use vimana_example::pb::{EchoReply, EchoRequest};
+
+const IMAGE: &str = "example.com/vimana-example:1.0.0";
+const COMPONENT: [&str; 3] = ["example.com", "vimana.example.v1.Echo", "1.0.0"];
+const AUTHORITY: &str = "example.com";
+const UNARY: &str = "/vimana.example.v1.Echo/Unary";
+const PAYLOAD: usize = 64;
+/// How long after a window calls may take to finish before they count as
+/// stalled.
+const DRAIN: Duration = Duration::from_secs(5);
+/// A call slower than this is worth a line of its own.
+const SLOW: Duration = Duration::from_secs(1);
+const MAX_DATAGRAM: usize = 1350;
+/// Distinct error descriptions kept per window (the rest are "other").
+const MAX_ERROR_KINDS: usize = 20;
+
+// ---------------------------------------------------------------- arguments
+
+struct Args {
+    duration: Duration,
+    streams: Vec<usize>,
+    connections: usize,
+    rounds: usize,
+    shards: Vec<usize>,
+    markdown: bool,
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let (number, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else {
+        (s.strip_suffix('s').unwrap_or(s), 1.0)
+    };
+    let secs: f64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("--duration {s:?}: e.g. 5, 5s, 500ms"));
+    assert!(secs > 0.0, "--duration must be positive");
+    Duration::from_secs_f64(secs * scale)
+}
+
+fn parse_list(name: &str, s: &str) -> Vec<usize> {
+    let list: Vec<usize> = s
+        .split(',')
+        .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name} {s:?}")))
+        .collect();
+    assert!(list.iter().all(|&n| n > 0), "{name} takes positive numbers");
+    list
+}
+
+fn args() -> Args {
+    let (mut duration, mut streams, mut connections, mut rounds, mut shards) =
+        (None, None, 4, 3, vec![1]);
+    let (mut quick, mut markdown) = (false, false);
+    let mut it = std::env::args().skip(1);
+    let value = |it: &mut dyn Iterator<Item = String>, name: &str| {
+        it.next().unwrap_or_else(|| panic!("{name} takes a value"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--duration" => duration = Some(parse_duration(&value(&mut it, "--duration"))),
+            "--streams" | "--concurrency" => {
+                streams = Some(parse_list("--streams", &value(&mut it, "--streams")))
+            }
+            "--connections" => {
+                connections = parse_list("--connections", &value(&mut it, "--connections"))[0]
+            }
+            "--rounds" => rounds = parse_list("--rounds", &value(&mut it, "--rounds"))[0],
+            "--shards" => shards = parse_list("--shards", &value(&mut it, "--shards")),
+            "--quick" => quick = true,
+            "--markdown" => markdown = true,
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other:?}: see the doc of benches/e2e.rs"),
+        }
+    }
+    let (quick_duration, quick_streams) = match quick {
+        true => (Duration::from_millis(500), vec![1, 16]),
+        false => (Duration::from_secs(5), vec![1, 16, 64]),
+    };
+    Args {
+        duration: duration.unwrap_or(quick_duration),
+        streams: streams.unwrap_or(quick_streams),
+        connections,
+        rounds,
+        shards,
+        markdown,
+    }
+}
+
+// ---------------------------------------------------------------- the node
+
+/// A `vimanad serve` in a private root with one running example pod.
+/// Dropping it kills vimanad, the shim (and so the component) and removes
+/// its cgroups.
+struct Node {
+    root: tempfile::TempDir,
+    process: Child,
+    cgroup_parent: String,
+    listen: SocketAddr,
+    cri: RuntimeServiceClient<Channel>,
+    pod: String,
+    /// The component's Unix socket (PodSandboxStatus `info["socket"]`).
+    socket: PathBuf,
+    /// The component's host PID (ContainerStatus `info["pid"]`).
+    component_pid: u32,
+}
+
+impl Node {
+    async fn start(shards: usize) -> Node {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tar = manifest.join("target/example/vimana-example.oci.tar");
+        assert!(
+            tar.exists(),
+            "{} is missing: build it with scripts/build-example-image.sh release \
+             (scripts/bench-e2e.sh does)",
+            tar.display()
+        );
+        let vimanad = env!("CARGO_BIN_EXE_vimanad");
+        let root = tempfile::Builder::new()
+            .prefix("vimanad-e2e")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let (state, socket) = (root.path().join("state"), root.path().join("cri.sock"));
+        let import = Command::new(vimanad)
+            .args(["image", "import"])
+            .arg(&tar)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&import.stderr);
+        assert!(import.status.success(), "vimanad image import: {stderr}");
+        let cgroup_parent = format!("vimanad-e2e-{}", std::process::id());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listen = udp.local_addr().unwrap();
+        drop(udp);
+        let mut process = Command::new(vimanad)
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--run-dir")
+            .arg(root.path().join("run"))
+            .arg("--cri-socket")
+            .arg(&socket)
+            .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
+            .args(["--listen", &listen.to_string()])
+            .args(["--shards", &shards.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.path().join("vimanad.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if Instant::now() > deadline || process.try_wait().unwrap().is_some() {
+                let _ = process.kill();
+                let log = std::fs::read_to_string(root.path().join("vimanad.log"));
+                panic!("vimanad did not serve CRI:\n{}", log.unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let cri = RuntimeServiceClient::new(uds_channel(&socket).await.unwrap());
+        let mut node = Node {
+            root,
+            process,
+            cgroup_parent,
+            listen,
+            cri,
+            pod: String::new(),
+            socket: PathBuf::new(),
+            component_pid: 0,
+        };
+        node.start_pod("e2e").await;
+        node
+    }
+
+    /// RunPodSandbox, CreateContainer, StartContainer (which returns once
+    /// the component serves), then the pod's socket and PID.
+    async fn start_pod(&mut self, name: &str) {
+        let sandbox = sandbox_config(name, &self.root.path().join("logs").join(name));
+        let run = cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "vimana".to_owned(),
+        };
+        let run = self.cri.run_pod_sandbox(run).await.expect("RunPodSandbox");
+        let id = run.into_inner().pod_sandbox_id;
+        let create = cri::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(container_config()),
+            sandbox_config: Some(sandbox),
+        };
+        let create = self.cri.create_container(create).await;
+        let container_id = create.expect("CreateContainer").into_inner().container_id;
+        let start = cri::StartContainerRequest {
+            container_id: container_id.clone(),
+        };
+        self.cri
+            .start_container(start)
+            .await
+            .expect("StartContainer");
+        let status = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        };
+        let status = self.cri.pod_sandbox_status(status).await;
+        let info = status.expect("PodSandboxStatus").into_inner().info;
+        self.socket = PathBuf::from(info.get("socket").expect("info[\"socket\"]"));
+        let status = cri::ContainerStatusRequest {
+            container_id,
+            verbose: true,
+        };
+        let status = self.cri.container_status(status).await;
+        let info = status.expect("ContainerStatus").into_inner().info;
+        let pid = info.get("pid").expect("info[\"pid\"]");
+        self.component_pid = pid.parse().expect("a numeric PID");
+        self.pod = id;
+    }
+
+    /// StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox
+    /// (the container ID is the pod ID).
+    async fn remove_pod(&mut self) {
+        let id = std::mem::take(&mut self.pod);
+        let stop = cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        };
+        self.cri.stop_container(stop).await.expect("StopContainer");
+        let stop = cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        };
+        self.cri
+            .stop_pod_sandbox(stop)
+            .await
+            .expect("StopPodSandbox");
+        let remove = cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        };
+        let removed = self.cri.remove_container(remove).await;
+        removed.expect("RemoveContainer");
+        let remove = cri::RemovePodSandboxRequest { pod_sandbox_id: id };
+        let removed = self.cri.remove_pod_sandbox(remove).await;
+        removed.expect("RemovePodSandbox");
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.root.path().join("vimanad.log"));
+        let log = log.unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        // Shims outlive vimanad by design; ours must not outlive the bench.
+        kill_processes_mentioning(self.root.path());
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    let [domain, service, version] = COMPONENT;
+    let labels: HashMap<String, String> = [
+        ("vimana.host/domain", domain),
+        ("vimana.host/service", service),
+        ("vimana.host/version", version),
+        ("app", name),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_owned(),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        log_directory: log_dir.display().to_string(),
+        labels,
+        ..Default::default()
+    }
+}
+
+fn container_config() -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "component".to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.to_owned(),
+            ..Default::default()
+        }),
+        log_path: "component/0.log".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `path`.
+fn kill_processes_mentioning(path: &Path) {
+    let needle = path.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Removes `parent` (and its children) under every cgroup hierarchy.
+fn remove_cgroups(parent: &str) {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten();
+    let mut groups: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join(parent))
+        .collect();
+    for _ in 0..100 {
+        groups.retain(|group| {
+            for child in std::fs::read_dir(group).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(child.path());
+            }
+            std::fs::remove_dir(group).is_err() && group.exists()
+        });
+        if groups.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An HTTP/2 channel over a Unix socket, without a request timeout (stalls
+/// are this bench's to find).
+async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
+
+// ---------------------------------------------------------------- measuring
+
+/// The measured window; the warm-up runs before `start`.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    end: Instant,
+}
+
+impl Schedule {
+    fn after_warmup(warmup: Duration, duration: Duration) -> Schedule {
+        let start = Instant::now() + warmup;
+        Schedule {
+            start,
+            end: start + duration,
+        }
+    }
+}
+
+/// What one worker (a QUIC connection, or one ceiling stream) saw.
+#[derive(Default)]
+struct Tally {
+    /// Successful calls completed within the window.
+    ok: u64,
+    /// Their latencies, µs.
+    latencies: Vec<u32>,
+    /// Failed calls (any time: warm-up, window or drain), by kind.
+    errors: BTreeMap<String, u64>,
+    /// Calls still in flight when the drain deadline passed (also counted
+    /// in `errors`).
+    stalled: u64,
+    /// Calls (successful or not) slower than [`SLOW`].
+    slow: u64,
+    slowest: Duration,
+}
+
+impl Tally {
+    fn done(&mut self, started: Instant, finished: Instant, schedule: &Schedule) {
+        let took = finished - started;
+        self.note_latency(took);
+        if finished >= schedule.start && finished < schedule.end {
+            self.ok += 1;
+            self.latencies
+                .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn note_latency(&mut self, took: Duration) {
+        self.slowest = self.slowest.max(took);
+        if took > SLOW {
+            self.slow += 1;
+        }
+    }
+
+    fn error(&mut self, kind: String) {
+        let kind = if self.errors.len() >= MAX_ERROR_KINDS && !self.errors.contains_key(&kind) {
+            "other errors".to_owned()
+        } else {
+            kind
+        };
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.latencies.extend(other.latencies);
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        self.stalled += other.stalled;
+        self.slow += other.slow;
+        self.slowest = self.slowest.max(other.slowest);
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// utime + stime of a process, all its threads (live and exited), in clock
+/// ticks: /proc/PID/stat fields 14 and 15.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
+    field(14) + field(15)
+}
+
+fn tick() -> Duration {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Duration::from_secs_f64(1.0 / hz as f64)
+}
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    vimanad: u64,
+    component: u64,
+    generator: u64,
+}
+
+fn sample_cpu(vimanad: u32, component: u32) -> CpuSample {
+    CpuSample {
+        vimanad: cpu_ticks(&vimanad.to_string()),
+        component: cpu_ticks(&component.to_string()),
+        generator: cpu_ticks("self"),
+    }
+}
+
+/// Sleeps until the window starts, samples CPU, sleeps until it ends,
+/// samples again: (before, after).
+fn sample_window(schedule: &Schedule, vimanad: u32, component: u32) -> (CpuSample, CpuSample) {
+    std::thread::sleep(schedule.start.saturating_duration_since(Instant::now()));
+    let before = sample_cpu(vimanad, component);
+    std::thread::sleep(schedule.end.saturating_duration_since(Instant::now()));
+    let after = sample_cpu(vimanad, component);
+    (before, after)
+}
+
+/// One window's figures.
+struct Sample {
+    calls_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    vimanad_us: f64,
+    component_us: f64,
+    generator_us: f64,
+    tally: Tally,
+}
+
+impl Sample {
+    fn of(mut tally: Tally, duration: Duration, cpu: (CpuSample, CpuSample)) -> Sample {
+        tally.latencies.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            let n = tally.latencies.len();
+            if n == 0 {
+                return f64::NAN;
+            }
+            let rank = (p / 100.0 * n as f64).ceil() as usize;
+            tally.latencies[rank.clamp(1, n) - 1] as f64
+        };
+        let (before, after) = cpu;
+        let calls = tally.ok.max(1) as f64;
+        let per_call = |b: u64, a: u64| (a - b) as f64 * tick().as_secs_f64() * 1e6 / calls;
+        Sample {
+            calls_per_s: tally.ok as f64 / duration.as_secs_f64(),
+            p50_us: pct(50.0),
+            p99_us: pct(99.0),
+            vimanad_us: per_call(before.vimanad, after.vimanad),
+            component_us: per_call(before.component, after.component),
+            generator_us: per_call(before.generator, after.generator),
+            tally,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the request
+
+/// The unary call, ready to send: HTTP/3 headers and the gRPC-framed body.
+struct Request {
+    headers: Vec<h3::Header>,
+    body: Vec<u8>,
+    message: EchoRequest,
+}
+
+impl Request {
+    fn new() -> Request {
+        let message = EchoRequest {
+            payload: (0..PAYLOAD as u8).collect(),
+            ..Default::default()
+        };
+        let encoded = message.encode_to_vec();
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        body.extend_from_slice(&encoded);
+        let headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", AUTHORITY),
+            (":path", UNARY),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("user-agent", "vimanad-bench-e2e"),
+        ]
+        .iter()
+        .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()))
+        .collect();
+        Request {
+            headers,
+            body,
+            message,
+        }
+    }
+
+    /// Whether a response body is the one EchoReply echoing our payload.
+    fn check_reply(&self, body: &[u8]) -> Result<(), String> {
+        let Some((prefix, message)) = body.split_at_checked(5) else {
+            return Err(format!("response body of {} bytes", body.len()));
+        };
+        let len = u32::from_be_bytes(prefix[1..5].try_into().unwrap()) as usize;
+        if prefix[0] != 0 || len != message.len() {
+            return Err("response body is not one uncompressed gRPC message".into());
+        }
+        match EchoReply::decode(message) {
+            Ok(reply) if reply.payload == self.message.payload => Ok(()),
+            Ok(_) => Err("the reply's payload is not ours".into()),
+            Err(e) => Err(format!("the reply does not decode: {e}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP/3
+
+/// One stream in flight.
+struct InFlight {
+    started: Instant,
+    /// Request body bytes handed to quiche.
+    sent: usize,
+    status: Option<u16>,
+    /// grpc-status and grpc-message, from the trailers (or the headers of
+    /// a trailers-only response).
+    grpc: Option<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl InFlight {
+    /// How far a call got, for a stall report.
+    fn progress(&self) -> String {
+        let sent = format!("{} request body bytes accepted by quiche", self.sent);
+        match (self.status, &self.grpc) {
+            (None, _) => format!("{sent}, no response headers"),
+            (Some(status), None) => format!(
+                "{sent}, response headers ({status}) and {} body bytes, no trailers",
+                self.body.len()
+            ),
+            (Some(status), Some(_)) => format!(
+                "{sent}, response headers ({status}), {} body bytes and trailers, no end of stream",
+                self.body.len()
+            ),
+        }
+    }
+}
+
+/// A quiche client connection on its own connected, non-blocking UDP socket.
+struct H3Client {
+    socket: UdpSocket,
+    conn: quiche::Connection,
+    h3: Option<h3::Connection>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl H3Client {
+    fn connect(peer: SocketAddr) -> Result<H3Client, String> {
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        socket.connect(peer).map_err(|e| format!("connect: {e}"))?;
+        socket.set_nonblocking(true).unwrap();
+        let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+        config
+            .set_application_protos(h3::APPLICATION_PROTOCOL)
+            .unwrap();
+        config.verify_peer(false); // the node's self-signed certificate
+        config.set_max_idle_timeout(30_000);
+        config.set_max_recv_udp_payload_size(65527);
+        config.set_max_send_udp_payload_size(MAX_DATAGRAM);
+        config.set_initial_max_data(16 << 20);
+        config.set_initial_max_stream_data_bidi_local(1 << 20);
+        config.set_initial_max_stream_data_uni(1 << 20);
+        config.set_initial_max_streams_uni(16);
+        config.set_disable_active_migration(true);
+        let mut scid = [0u8; quiche::MAX_CONN_ID_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut scid).unwrap();
+        let local = socket.local_addr().unwrap();
+        let scid = quiche::ConnectionId::from_ref(&scid);
+        let conn = quiche::connect(Some(AUTHORITY), &scid, local, peer, &mut config)
+            .map_err(|e| format!("quiche::connect: {e}"))?;
+        let mut client = H3Client {
+            socket,
+            conn,
+            h3: None,
+            peer,
+            local,
+            buf: vec![0; 65535],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client.conn.is_established() {
+            client.flush()?;
+            if Instant::now() > deadline {
+                return Err(format!("no QUIC handshake with {peer} within 10 s"));
+            }
+            client.wait(deadline)?;
+        }
+        let h3 = h3::Connection::with_transport(&mut client.conn, &h3::Config::new().unwrap())
+            .map_err(|e| format!("HTTP/3 setup: {e}"))?;
+        client.h3 = Some(h3);
+        client.flush()?;
+        Ok(client)
+    }
+
+    /// Sends every packet quiche has ready.
+    fn flush(&mut self) -> Result<(), String> {
+        let mut out = [0u8; MAX_DATAGRAM];
+        loop {
+            let n = match self.conn.send(&mut out) {
+                Ok((n, _)) => n,
+                Err(quiche::Error::Done) => return Ok(()),
+                Err(e) => return Err(format!("QUIC send: {e}")),
+            };
+            loop {
+                match self.socket.send(&out[..n]) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        poll(self.socket.as_raw_fd(), libc::POLLOUT, SLOW);
+                    }
+                    Err(e) => return Err(format!("UDP send to {}: {e}", self.peer)),
+                }
+            }
+        }
+    }
+
+    /// Waits for datagrams (feeding them all to quiche), quiche's timer or
+    /// `until`, whichever comes first; fails once the connection is closed.
+    fn wait(&mut self, until: Instant) -> Result<(), String> {
+        let now = Instant::now();
+        let limit = until.saturating_duration_since(now);
+        let wait = self.conn.timeout().map_or(limit, |t| t.min(limit));
+        if poll(self.socket.as_raw_fd(), libc::POLLIN, wait) {
+            loop {
+                match self.socket.recv(&mut self.buf) {
+                    Ok(n) => {
+                        let info = quiche::RecvInfo {
+                            from: self.peer,
+                            to: self.local,
+                        };
+                        let _ = self.conn.recv(&mut self.buf[..n], info);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("UDP receive from {}: {e}", self.peer)),
+                }
+            }
+        }
+        if self
+            .conn
+            .timeout_instant()
+            .is_some_and(|t| t <= Instant::now())
+        {
+            self.conn.on_timeout();
+        }
+        if !self.conn.is_closed() {
+            return Ok(());
+        }
+        let why = match (self.conn.peer_error(), self.conn.local_error()) {
+            _ if self.conn.is_timed_out() => "timed out".to_owned(),
+            (Some(e), _) => format!(
+                "closed by vimanad (error 0x{:x}, {})",
+                e.error_code,
+                String::from_utf8_lossy(&e.reason)
+            ),
+            (None, Some(e)) => format!(
+                "closed by the client (error 0x{:x}, {})",
+                e.error_code,
+                String::from_utf8_lossy(&e.reason)
+            ),
+            (None, None) => "closed".to_owned(),
+        };
+        Err(format!("QUIC connection {why}"))
+    }
+
+    /// Keeps `streams` calls in flight until the window ends, then lets them
+    /// finish (for up to [`DRAIN`]).
+    fn run(&mut self, streams: usize, request: &Request, schedule: &Schedule, tally: &mut Tally) {
+        let mut calls: HashMap<u64, InFlight> = HashMap::with_capacity(streams * 2);
+        let drain_deadline = schedule.end + DRAIN;
+        let result = loop {
+            if let Err(e) = self.issue(streams, request, schedule, &mut calls, tally) {
+                break Err(e);
+            }
+            if let Err(e) = self.flush() {
+                break Err(e);
+            }
+            let now = Instant::now();
+            if now >= schedule.end && calls.is_empty() {
+                break Ok(());
+            }
+            if now >= drain_deadline {
+                for (id, call) in calls.drain() {
+                    tally.stalled += 1;
+                    tally.error(format!("stalled: stream {id}, {}", call.progress()));
+                }
+                break Ok(());
+            }
+            let until = if now < schedule.end {
+                schedule.end
+            } else {
+                drain_deadline
+            };
+            if let Err(e) = self.wait(until) {
+                break Err(e);
+            }
+            if let Err(e) = self.events(request, schedule, &mut calls, tally) {
+                break Err(e);
+            }
+        };
+        if let Err(e) = result {
+            // Every call still in flight failed with the connection.
+            for _ in calls.drain() {
+                tally.error(e.clone());
+            }
+            tally.error(format!("{e} (the connection)"));
+            return;
+        }
+        let _ = self.conn.close(true, 0x100, b"");
+        let _ = self.flush();
+    }
+
+    /// Opens streams up to `streams` while the window lasts, and hands
+    /// quiche any request body not yet sent.
+    fn issue(
+        &mut self,
+        streams: usize,
+        request: &Request,
+        schedule: &Schedule,
+        calls: &mut HashMap<u64, InFlight>,
+        tally: &mut Tally,
+    ) -> Result<(), String> {
+        let h3 = self.h3.as_mut().unwrap();
+        while calls.len() < streams && Instant::now() < schedule.end {
+            let id = match h3.send_request(&mut self.conn, &request.headers, false) {
+                Ok(id) => id,
+                // Out of stream credit (or room): when vimanad grants more.
+                Err(h3::Error::StreamBlocked)
+                | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => break,
+                Err(e) => {
+                    tally.error(format!("send_request: {e}"));
+                    return Err(format!("cannot open a stream: {e}"));
+                }
+            };
+            let call = InFlight {
+                started: Instant::now(),
+                sent: 0,
+                status: None,
+                grpc: None,
+                body: Vec::with_capacity(128),
+            };
+            calls.insert(id, call);
+        }
+        for (&id, call) in calls.iter_mut() {
+            while call.sent < request.body.len() {
+                match h3.send_body(&mut self.conn, id, &request.body[call.sent..], true) {
+                    Ok(n) => call.sent += n,
+                    Err(h3::Error::Done) => break,
+                    Err(e) => {
+                        // The stream is gone (reset): its events will say.
+                        call.sent = request.body.len();
+                        tally.error(format!("send_body: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads HTTP/3 events: response headers, bodies, trailers, ends.
+    fn events(
+        &mut self,
+        request: &Request,
+        schedule: &Schedule,
+        calls: &mut HashMap<u64, InFlight>,
+        tally: &mut Tally,
+    ) -> Result<(), String> {
+        let h3 = self.h3.as_mut().unwrap();
+        let now = Instant::now();
+        loop {
+            let (id, event) = match h3.poll(&mut self.conn) {
+                Ok(e) => e,
+                Err(h3::Error::Done) => return Ok(()),
+                Err(e) => return Err(format!("HTTP/3 error: {e}")),
+            };
+            match event {
+                h3::Event::Headers { list, .. } => {
+                    let Some(call) = calls.get_mut(&id) else {
+                        continue;
+                    };
+                    let find = |name: &[u8]| {
+                        list.iter()
+                            .find(|h| h.name() == name)
+                            .map(|h| String::from_utf8_lossy(h.value()).into_owned())
+                    };
+                    if call.status.is_none() {
+                        let status = find(b":status").and_then(|s| s.parse().ok());
+                        call.status = Some(status.unwrap_or(0));
+                    }
+                    if let Some(code) = find(b"grpc-status") {
+                        call.grpc = Some((code, find(b"grpc-message").unwrap_or_default()));
+                    }
+                }
+                h3::Event::Data => {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = h3.recv_body(&mut self.conn, id, &mut buf) {
+                        if let Some(call) = calls.get_mut(&id) {
+                            call.body.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
+                h3::Event::Finished => {
+                    let Some(call) = calls.remove(&id) else {
+                        continue;
+                    };
+                    let verdict = match (call.status, &call.grpc) {
+                        (Some(200), Some((code, _))) if code == "0" => {
+                            request.check_reply(&call.body)
+                        }
+                        (Some(200), Some((code, message))) => {
+                            Err(format!("grpc-status {code}: {message}"))
+                        }
+                        (Some(200), None) => Err("no grpc-status".into()),
+                        (status, _) => Err(format!("HTTP status {status:?}")),
+                    };
+                    match verdict {
+                        Ok(()) => tally.done(call.started, now, schedule),
+                        Err(e) => {
+                            tally.note_latency(now - call.started);
+                            tally.error(e);
+                        }
+                    }
+                }
+                h3::Event::Reset(code) => {
+                    if let Some(call) = calls.remove(&id) {
+                        tally.note_latency(now - call.started);
+                        tally.error(format!("stream reset by vimanad (HTTP/3 error 0x{code:x})"));
+                    }
+                }
+                h3::Event::GoAway => tally.error("GOAWAY from vimanad".into()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// poll(2) one descriptor for `events`, with a nanosecond timeout.
+fn poll(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) > 0 }
+}
+
+/// `streams` spread over `connections`, as evenly as they go.
+fn shares(streams: usize, connections: usize) -> Vec<usize> {
+    let connections = connections.clamp(1, streams);
+    (0..connections)
+        .map(|i| streams / connections + usize::from(i < streams % connections))
+        .collect()
+}
+
+/// One HTTP/3 window: a thread per connection; the calling thread samples
+/// CPU.
+fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Sample {
+    let shares = shares(streams, args.connections);
+    let request = Arc::new(Request::new());
+    let schedule = Arc::new(OnceLock::<Schedule>::new());
+    let barrier = Arc::new(Barrier::new(shares.len() + 1));
+    let workers: Vec<_> = shares
+        .iter()
+        .map(|&share| {
+            let (request, schedule, barrier) = (request.clone(), schedule.clone(), barrier.clone());
+            let peer = node.listen;
+            std::thread::Builder::new()
+                .name("e2e-h3".into())
+                .spawn(move || {
+                    let mut tally = Tally::default();
+                    let client = H3Client::connect(peer);
+                    barrier.wait(); // all connected (or failed)
+                    barrier.wait(); // the schedule is set
+                    let schedule = schedule.get().unwrap();
+                    match client {
+                        Ok(mut client) => client.run(share, &request, schedule, &mut tally),
+                        Err(e) => tally.error(e),
+                    }
+                    tally
+                })
+                .unwrap()
+        })
+        .collect();
+    barrier.wait();
+    let planned = Schedule::after_warmup(warmup, args.duration);
+    let _ = schedule.set(planned);
+    barrier.wait();
+    let cpu = sample_window(&planned, node.process.id(), node.component_pid);
+    let mut tally = Tally::default();
+    for worker in workers {
+        tally.merge(worker.join().expect("an HTTP/3 worker panicked"));
+    }
+    Sample::of(tally, args.duration, cpu)
+}
+
+// ---------------------------------------------------------------- ceiling
+
+/// One ceiling window: the streams as tasks on `rt` (one worker thread),
+/// over as many HTTP/2 connections as the HTTP/3 path uses.
+fn ceiling_window(
+    rt: &tokio::runtime::Runtime,
+    node: &Node,
+    streams: usize,
+    args: &Args,
+    warmup: Duration,
+) -> Sample {
+    let shares = shares(streams, args.connections);
+    let message = Request::new().message;
+    let channels: Vec<Channel> = rt.block_on(async {
+        let mut channels = Vec::new();
+        for _ in &shares {
+            let channel = uds_channel(&node.socket).await;
+            channels.push(channel.expect("connect to the component's socket"));
+        }
+        channels
+    });
+    let schedule = Schedule::after_warmup(warmup, args.duration);
+    let mut tasks = Vec::new();
+    for (channel, &share) in channels.iter().zip(&shares) {
+        for _ in 0..share {
+            let client = EchoClient::new(channel.clone());
+            let message = message.clone();
+            tasks.push(rt.spawn(ceiling_stream(client, message, schedule)));
+        }
+    }
+    let cpu = sample_window(&schedule, node.process.id(), node.component_pid);
+    let mut tally = Tally::default();
+    rt.block_on(async {
+        for task in tasks {
+            tally.merge(task.await.expect("a ceiling stream panicked"));
+        }
+    });
+    drop(channels);
+    Sample::of(tally, args.duration, cpu)
+}
+
+/// One stream of ceiling calls, back to back, until the window ends.
+async fn ceiling_stream(
+    mut client: EchoClient<Channel>,
+    message: EchoRequest,
+    schedule: Schedule,
+) -> Tally {
+    let mut tally = Tally::default();
+    let drain_deadline = tokio::time::Instant::from_std(schedule.end + DRAIN);
+    while Instant::now() < schedule.end {
+        let started = Instant::now();
+        let call = client.unary(message.clone());
+        let result = tokio::time::timeout_at(drain_deadline, call).await;
+        let finished = Instant::now();
+        match result {
+            Err(_) => {
+                tally.stalled += 1;
+                tally.error("stalled: no answer".into());
+                break;
+            }
+            Ok(Ok(reply)) if reply.get_ref().payload == message.payload => {
+                tally.done(started, finished, &schedule)
+            }
+            Ok(Ok(_)) => {
+                tally.note_latency(finished - started);
+                tally.error("the reply's payload is not ours".into());
+            }
+            Ok(Err(status)) => {
+                tally.note_latency(finished - started);
+                let code = status.code() as i32;
+                tally.error(format!("grpc-status {code}: {}", status.message()));
+            }
+        }
+    }
+    tally
+}
+
+// ---------------------------------------------------------------- report
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Http3,
+    Ceiling,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Http3 => "vimanad (HTTP/3)",
+            Mode::Ceiling => "ceiling (HTTP/2 direct)",
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The medians over rounds of one (shards, streams, mode).
+struct Row {
+    shards: usize,
+    streams: usize,
+    mode: Mode,
+    calls_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    vimanad_us: f64,
+    component_us: f64,
+    generator_us: f64,
+    errors: u64,
+    stalled: u64,
+    ratio: Option<f64>,
+}
+
+fn rows(results: &BTreeMap<(usize, usize, Mode), Vec<Sample>>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (&(shards, streams, mode), samples) in results {
+        let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+        rows.push(Row {
+            shards,
+            streams,
+            mode,
+            calls_per_s: m(|s| s.calls_per_s),
+            p50_us: m(|s| s.p50_us),
+            p99_us: m(|s| s.p99_us),
+            vimanad_us: m(|s| s.vimanad_us),
+            component_us: m(|s| s.component_us),
+            generator_us: m(|s| s.generator_us),
+            errors: samples.iter().map(|s| s.tally.error_count()).sum(),
+            stalled: samples.iter().map(|s| s.tally.stalled).sum(),
+            ratio: None,
+        });
+    }
+    let ceilings: HashMap<(usize, usize), f64> = rows
+        .iter()
+        .filter(|r| r.mode == Mode::Ceiling)
+        .map(|r| ((r.shards, r.streams), r.calls_per_s))
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.mode == Mode::Http3) {
+        row.ratio = ceilings
+            .get(&(row.shards, row.streams))
+            .map(|c| row.calls_per_s / c);
+    }
+    rows
+}
+
+fn report(rows: &[Row], markdown: bool) {
+    let ratio = |r: &Row| r.ratio.map_or("".to_owned(), |x| format!("{x:.2}×"));
+    let trouble = |r: &Row| match (r.errors, r.stalled) {
+        (0, 0) => "0".to_owned(),
+        (e, 0) => format!("**{e}**"),
+        (e, s) => format!("**{e} ({s} stalled)**"),
+    };
+    if markdown {
+        println!(
+            "| shards | streams | path | calls/s | p50 µs | p99 µs | vimanad CPU µs/call \
+             | component CPU µs/call | load generator CPU µs/call | errors | vimanad / ceiling |"
+        );
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let vimanad = match r.mode {
+                Mode::Http3 => format!("{:.1}", r.vimanad_us),
+                Mode::Ceiling => "—".to_owned(),
+            };
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {vimanad} | {:.1} | {:.1} | {} | {} |",
+                r.shards,
+                r.streams,
+                r.mode.label(),
+                r.calls_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.component_us,
+                r.generator_us,
+                trouble(r),
+                ratio(r)
+            );
+        }
+    } else {
+        println!(
+            "\n{:>6} {:>7} {:<24} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            "shards",
+            "streams",
+            "path",
+            "calls/s",
+            "p50 µs",
+            "p99 µs",
+            "vimanad",
+            "compon.",
+            "loadgen",
+            "errors",
+            "ratio"
+        );
+        for r in rows {
+            println!(
+                "{:>6} {:>7} {:<24} {:>9.0} {:>8.0} {:>8.0} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>7}",
+                r.shards,
+                r.streams,
+                r.mode.label(),
+                r.calls_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.vimanad_us,
+                r.component_us,
+                r.generator_us,
+                r.errors,
+                ratio(r)
+            );
+        }
+        println!("(vimanad, compon., loadgen: CPU µs per call; ratio: calls/s vimanad / ceiling)");
+    }
+}
+
+/// The 1-minute load average: other work on the machine skews the figures.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_owned()
+}
+
+fn main() {
+    let args = args();
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the e2e bench starts vimanad, which runs containers: run it as root"
+    );
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The ceiling's client: one worker thread, like one HTTP/3 connection's.
+    let ceiling = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let warmup = (args.duration / 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
+    let started = Instant::now();
+    let load_before = loadavg();
+    let mut results: BTreeMap<(usize, usize, Mode), Vec<Sample>> = BTreeMap::new();
+    let mut trouble = Vec::new();
+    for &shards in &args.shards {
+        let mut node = control.block_on(Node::start(shards));
+        eprintln!(
+            "e2e: vimanad (pid {}) --shards {shards} on {}, component pid {} on {}",
+            node.process.id(),
+            node.listen,
+            node.component_pid,
+            node.socket.display()
+        );
+        for round in 0..args.rounds {
+            for (i, &streams) in args.streams.iter().enumerate() {
+                // Alternate which path goes first, so drift hits both alike.
+                let modes = if (round + i) % 2 == 0 {
+                    [Mode::Http3, Mode::Ceiling]
+                } else {
+                    [Mode::Ceiling, Mode::Http3]
+                };
+                for mode in modes {
+                    let sample = match mode {
+                        Mode::Http3 => h3_window(&node, streams, &args, warmup),
+                        Mode::Ceiling => ceiling_window(&ceiling, &node, streams, &args, warmup),
+                    };
+                    let t = &sample.tally;
+                    eprintln!(
+                        "e2e: shards {shards} round {round} streams {streams:>3} {:<24} \
+                         {:>8.0} calls/s  p50 {:>6.0} µs  p99 {:>6.0} µs  CPU µs/call: \
+                         vimanad {:>6.1} component {:>6.1} loadgen {:>6.1}  slowest {:?}",
+                        mode.label(),
+                        sample.calls_per_s,
+                        sample.p50_us,
+                        sample.p99_us,
+                        sample.vimanad_us,
+                        sample.component_us,
+                        sample.generator_us,
+                        t.slowest
+                    );
+                    if t.slow > 0 {
+                        eprintln!(
+                            "e2e: ! {} calls slower than {SLOW:?} (slowest {:?})",
+                            t.slow, t.slowest
+                        );
+                    }
+                    if t.error_count() > 0 || t.stalled > 0 {
+                        let line = format!(
+                            "shards {shards}, streams {streams}, round {round}, {}: \
+                             {} failed calls, {} stalled (in flight {DRAIN:?} after the \
+                             window), {} slower than {SLOW:?} (slowest {:?}); errors: {:?}",
+                            mode.label(),
+                            t.error_count(),
+                            t.stalled,
+                            t.slow,
+                            t.slowest,
+                            t.errors
+                        );
+                        eprintln!("e2e: !!! {line}");
+                        trouble.push(line);
+                        if mode == Mode::Http3 {
+                            eprintln!("e2e: vimanad's log ends:\n{}", node.log_tail(20));
+                        }
+                    }
+                    results
+                        .entry((shards, streams, mode))
+                        .or_default()
+                        .push(sample);
+                }
+            }
+        }
+        control.block_on(node.remove_pod());
+        drop(node);
+    }
+    let load_after = loadavg();
+
+    println!(
+        "\nUnary {PAYLOAD}-byte calls ({UNARY}), {:?} windows after {:?} warm-up, \
+         {} rounds, medians over rounds; up to {} connections per path",
+        args.duration, warmup, args.rounds, args.connections
+    );
+    report(&rows(&results), args.markdown);
+    println!(
+        "(1-minute load average {load_before} before, {load_after} after; took {:.1?})",
+        started.elapsed()
+    );
+    if !trouble.is_empty() {
+        eprintln!("\ne2e: !!! ERRORS OR STALLS UNDER LOAD:");
+        for line in &trouble {
+            eprintln!("e2e: !!! {line}");
+        }
+        std::process::exit(1);
+    }
+}
