@@ -211,3 +211,72 @@ async fn a_crash_between_two_calls_of_a_lifecycle() {
         .items;
     assert!(pods.is_empty(), "removal is durable too");
 }
+
+#[tokio::test]
+async fn sigterm_lets_calls_in_flight_finish() {
+    let mut node = Node::start().await;
+    node.running_pod("p", V1).await;
+    let listen = node.listen;
+    let call = std::thread::spawn(move || {
+        let slow = hex::encode(prost::Message::encode_to_vec(&pb::EchoRequest {
+            message: "finished".into(),
+            sleep_ms: 1000,
+            ..Default::default()
+        }));
+        std::process::Command::new(vimanad())
+            .args([
+                "call",
+                "--connect",
+                &listen.to_string(),
+                "https://example.com/vimana.example.v1.Echo/Unary",
+            ])
+            .args(["--data-hex", &slow, "--output", "text", "--timeout", "10s"])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.stop_gracefully().success());
+    let out = call.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "finished");
+    assert!(node.log().contains("shard stopped"));
+}
+
+#[tokio::test]
+async fn an_unwritable_state_database_fails_the_call_and_the_retry_succeeds() {
+    let mut node = Node::start().await;
+    let pod = node.run_pod("p", V1).await;
+    // Make the database file unwritable even for root.
+    let db = node.state_dir().join("state.redb");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&db)
+            .status()
+    };
+    match chattr("+i") {
+        Ok(s) if s.success() => {}
+        _ => {
+            eprintln!("chattr +i is not available on this filesystem: skipping");
+            return;
+        }
+    }
+    let err = node.create(&pod, "c", &[]).await.unwrap_err();
+    let _ = chattr("-i");
+    assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+    assert!(err.message().contains("state database"), "{err}");
+    // The kubelet retries once the disk is writable again: it succeeds,
+    // and the state survives a crash.
+    node.create(&pod, "c", &[]).await.unwrap();
+    node.kill9();
+    node.restart().await;
+    assert_eq!(
+        node.state(&pod).await,
+        cri::ContainerState::ContainerCreated
+    );
+}

@@ -6,7 +6,8 @@
 //! fails the call, and the kubelet's retry (an idempotent repeat) writes
 //! it again. Only this module knows the database.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -19,7 +20,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ORDINAL: &str = "next_ordinal";
 
 pub struct Db {
-    db: Database,
+    path: PathBuf,
+    /// `None` after an I/O error: redb refuses all work after one, so the
+    /// next call opens the database again (the kubelet's retry then
+    /// succeeds once the disk is writable).
+    db: Mutex<Option<Database>>,
 }
 
 fn db_error(what: &str) -> impl Fn(redb::Error) -> Error + '_ {
@@ -28,9 +33,33 @@ fn db_error(what: &str) -> impl Fn(redb::Error) -> Error + '_ {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = Database::create(path)
-            .map_err(|e| Error::State(format!("state database {}: {e}", path.display())))?;
-        Ok(Self { db })
+        let db = Self {
+            path: path.to_path_buf(),
+            db: Mutex::new(None),
+        };
+        db.with(|_| Ok(()), "open")?;
+        Ok(db)
+    }
+
+    /// Runs `work` on the database, opening it first if needed and
+    /// dropping it after a failure.
+    fn with<T>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, redb::Error>,
+        what: &str,
+    ) -> Result<T, Error> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let db = Database::create(&self.path).map_err(|e| {
+                Error::State(format!("state database {}: {e}", self.path.display()))
+            })?;
+            *slot = Some(db);
+        }
+        let result = work(slot.as_ref().expect("opened above"));
+        if result.is_err() {
+            *slot = None;
+        }
+        result.map_err(db_error(what))
     }
 
     /// A pod's record, encoded (cheap: done under the store's lock so the
@@ -54,7 +83,7 @@ impl Db {
             tx.commit()?;
             Ok(())
         };
-        write(&self.db).map_err(db_error("write"))
+        self.with(write, "write")
     }
 
     pub fn delete(&self, id: &PodId) -> Result<(), Error> {
@@ -64,7 +93,7 @@ impl Db {
             tx.commit()?;
             Ok(())
         };
-        delete(&self.db).map_err(db_error("delete"))
+        self.with(delete, "delete")
     }
 
     /// Every stored pod and the ID counter.
@@ -86,7 +115,7 @@ impl Db {
             };
             Ok((pods, next))
         };
-        let (raw, next) = read(&self.db).map_err(db_error("read"))?;
+        let (raw, next) = self.with(read, "read")?;
         let mut pods = Vec::with_capacity(raw.len());
         for (key, value) in raw {
             let pod: Pod = serde_json::from_slice(&value).map_err(|e| {
