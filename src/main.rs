@@ -299,7 +299,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("start the control thread's runtime")?;
-            rt.block_on(control::serve(config, publisher, shutdown_signal()))?;
+            rt.block_on(async {
+                // Handlers first: a SIGTERM once the CRI socket accepts
+                // must be a graceful stop.
+                let shutdown = shutdown_signal().context("install signal handlers")?;
+                control::serve(config, publisher, shutdown).await?;
+                anyhow::Ok(())
+            })?;
             tracing::info!("control plane stopped");
             Ok(())
         })
@@ -312,18 +318,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 /// The first non-loopback IPv4 address of an interface that is up.

@@ -86,6 +86,23 @@ impl Db {
         self.with(write, "write")
     }
 
+    /// Writes many records in one transaction (recovery).
+    pub fn save_all(&self, records: &[(PodId, Vec<u8>)], next_ordinal: u64) -> Result<(), Error> {
+        let write = |db: &Database| -> Result<(), redb::Error> {
+            let tx = db.begin_write()?;
+            {
+                let mut pods = tx.open_table(PODS)?;
+                for (id, record) in records {
+                    pods.insert(id.to_string().as_str(), record.as_slice())?;
+                }
+                tx.open_table(META)?.insert(NEXT_ORDINAL, next_ordinal)?;
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        self.with(write, "write")
+    }
+
     pub fn delete(&self, id: &PodId) -> Result<(), Error> {
         let delete = |db: &Database| -> Result<(), redb::Error> {
             let tx = db.begin_write()?;

@@ -84,10 +84,7 @@ impl Runtime {
             }
             self.watch_exit(id, process);
         }
-        let ids: Vec<PodId> = self.store().pods.keys().cloned().collect();
-        for id in &ids {
-            self.persist(id)?;
-        }
+        self.persist_all()?;
         tracing::info!(pods = count, readopted, "state recovered");
         Ok(readopted)
     }

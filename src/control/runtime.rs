@@ -110,6 +110,20 @@ impl Runtime {
         }
     }
 
+    /// Writes every pod's record in one transaction (after recovery).
+    pub fn persist_all(&self) -> Result<(), Error> {
+        let (records, next) = {
+            let store = self.store();
+            let records = store
+                .pods
+                .iter()
+                .map(|(id, pod)| Ok((id.clone(), Db::encode(pod)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            (records, store.next_ordinal)
+        };
+        self.db.save_all(&records, next)
+    }
+
     /// Loads the state database (recovery).
     pub fn load(&self) -> Result<(Vec<super::state::Pod>, u64), Error> {
         self.db.load()
