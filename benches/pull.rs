@@ -147,7 +147,13 @@ fn main() {
     };
     let pull_cli = |state_dir: &Path| {
         run(Command::new(env!("CARGO_BIN_EXE_vimanad"))
-            .args(["image", "pull", &name, "--insecure-registry", &registry.host])
+            .args([
+                "image",
+                "pull",
+                &name,
+                "--insecure-registry",
+                &registry.host,
+            ])
             .arg("--state-dir")
             .arg(state_dir)
             .env("RUST_LOG", "warn"));
@@ -160,7 +166,10 @@ fn main() {
     };
     type Case<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>);
     let cases: Vec<Case> = vec![
-        ("vimanad, in process (CRI PullImage's code)", Box::new(pull_in_process)),
+        (
+            "vimanad, in process (CRI PullImage's code)",
+            Box::new(pull_in_process),
+        ),
         ("`vimanad image pull` (process)", Box::new(pull_cli)),
         ("baseline: `skopeo copy` to an OCI layout", Box::new(skopeo)),
     ];
@@ -185,17 +194,15 @@ fn main() {
         load.split_whitespace().next().unwrap_or("?")
     );
     if markdown {
-        println!("\n| {iterations} pulls each | median ms | p90 ms | max ms |\n|---|---:|---:|---:|");
+        println!(
+            "\n| {iterations} pulls each | median ms | p90 ms | max ms |\n|---|---:|---:|---:|"
+        );
     }
     for (label, results) in [("cold", &mut cold), ("warm", &mut warm)] {
         for (i, (what, _)) in cases.iter().enumerate() {
             let v = &mut results[i];
             v.sort();
-            let (med, p90, max) = (
-                percentile(v, 50.0),
-                percentile(v, 90.0),
-                *v.last().unwrap(),
-            );
+            let (med, p90, max) = (percentile(v, 50.0), percentile(v, 90.0), *v.last().unwrap());
             if markdown {
                 println!(
                     "| {label}: {what} | {:.2} | {:.2} | {:.2} |",
@@ -213,6 +220,7 @@ fn main() {
             }
         }
     }
+    drop(cases);
     drop(registry);
     let _ = std::fs::remove_dir_all(&root);
 }

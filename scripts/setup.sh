@@ -8,6 +8,8 @@ packages=(
     cmake             # BoringSSL, built by quiche (boring-sys)
     libclang-dev      # bindgen for BoringSSL
     skopeo            # an independent OCI tool the image tests check against
+    docker-registry   # the CNCF distribution registry the pull tests run
+    apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
 )
 missing=()

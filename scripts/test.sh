@@ -12,3 +12,5 @@ cargo test --workspace
 # The benchmarks in quick mode, so they cannot rot (no timing is asserted;
 # built in the test profile to spare CI a release build).
 cargo test --bench cri_start -- --quick
+cargo test --bench pull -- --quick
+cargo test --bench startup -- --quick
