@@ -114,7 +114,13 @@ async fn proxy(
     let service = service_of(request.path).ok_or_else(|| {
         CallError::Unimplemented(format!("malformed gRPC path {:?}", request.path))
     })?;
-    let domain = domain_of(request.authority).to_ascii_lowercase();
+    let domain = domain_of(request.authority);
+    // Domains are lower case; most clients send them so, sparing a copy.
+    let domain: std::borrow::Cow<'_, str> = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        domain.to_ascii_lowercase().into()
+    } else {
+        domain.into()
+    };
 
     let (endpoint_key, connecting) = {
         let mut routes = shard.routes.borrow_mut();

@@ -47,10 +47,14 @@ impl Upstreams {
         let map = self.map.borrow();
         let load = |e: &Endpoint| map.get(&key(e)).map_or(0, |u| u.outstanding);
         let least = endpoints.iter().map(load).min().unwrap_or(0);
-        let tied: Vec<&Endpoint> = endpoints.iter().filter(|e| load(e) == least).collect();
+        let tied = endpoints.iter().filter(|e| load(e) == least).count().max(1);
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
-        tied[turn % tied.len()]
+        endpoints
+            .iter()
+            .filter(|e| load(e) == least)
+            .nth(turn % tied)
+            .unwrap_or(&endpoints[0])
     }
 
     /// A ready sender to `endpoint`, connecting if needed, with the call
