@@ -438,3 +438,26 @@ async fn oversized_headers_are_refused_and_the_node_keeps_serving() {
     let r = &aioquic(&node, "example.com", json!([unary_call("fine")]), false)[0];
     assert_eq!(replies(r)[0].message, "fine");
 }
+
+#[tokio::test]
+async fn address_validation_with_retry() {
+    // Every new connection must first pass a QUIC Retry: both clients
+    // follow it and their calls succeed.
+    let mut node = Node::start_with(&["--retry-above", "0"]).await;
+    node.running_pod("a", V1).await;
+    let r = &aioquic(
+        &node,
+        "example.com",
+        json!([unary_call("validated")]),
+        false,
+    )[0];
+    assert_eq!(r["error"], serde_json::Value::Null, "{r}");
+    assert_eq!(replies(r)[0].message, "validated");
+    let (code, out, err) = vimanad_call(
+        &node,
+        "example.com",
+        UNARY,
+        &["--text", "again", "--output", "text"],
+    );
+    assert_eq!((code, out.trim()), (0, "again"), "{err}");
+}

@@ -158,7 +158,7 @@ impl Shard {
         if count >= self.settings.max_connections {
             return Err(Incoming::Drop);
         }
-        let scid = ConnectionId::from_vec(self.conn_id_for(&header.dcid));
+        let mut scid = ConnectionId::from_vec(self.conn_id_for(&header.dcid));
         // Address validation once the shard is busy: a Retry costs the
         // client one round trip and spoofed sources get nothing.
         let mut odcid = None;
@@ -179,7 +179,12 @@ impl Shard {
                     return Err(Incoming::Reply(out));
                 }
                 Some(token) => match self.validate_token(token, from) {
-                    Some(id) => odcid = Some(id),
+                    Some(id) => {
+                        odcid = Some(id);
+                        // After a Retry the client already uses the ID we
+                        // gave it there.
+                        scid = header.dcid.clone().into_owned();
+                    }
                     None => return Err(Incoming::Drop),
                 },
             }
