@@ -69,6 +69,7 @@ pub async fn launch(spec: &LaunchSpec, dir: &Path) -> Result<Process, ContainerE
     // session.
     let mut command = tokio::process::Command::new("/proc/self/exe");
     command
+        .arg0("vimanad")
         .arg("shim")
         .arg(&spec_path)
         .stdin(Stdio::null())
