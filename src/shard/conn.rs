@@ -84,55 +84,74 @@ impl Conn {
         }
         let Some(h3) = h3 else { return new_calls };
 
+        let mut scratch = [0u8; 16 * 1024];
         loop {
-            match h3.poll(quic) {
-                Ok((stream_id, h3::Event::Headers { list, .. })) => {
-                    if streams.contains_key(&stream_id) {
-                        continue; // request trailers: gRPC clients send none
+            loop {
+                match h3.poll(quic) {
+                    Ok((stream_id, h3::Event::Headers { list, .. })) => {
+                        if streams.contains_key(&stream_id) {
+                            continue; // request trailers: gRPC clients send none
+                        }
+                        if *draining || streams.len() >= shard.settings.max_streams_per_conn {
+                            let _ = quic.stream_shutdown(
+                                stream_id,
+                                quiche::Shutdown::Read,
+                                H3_REQUEST_CANCELLED,
+                            );
+                            let _ = quic.stream_shutdown(
+                                stream_id,
+                                quiche::Shutdown::Write,
+                                H3_REQUEST_CANCELLED,
+                            );
+                            continue;
+                        }
+                        let io: SharedStream = Rc::new(RefCell::new(StreamIo::default()));
+                        io.borrow_mut().body_pending = true;
+                        streams.insert(stream_id, Rc::clone(&io));
+                        new_calls.push(NewCall { headers: list, io });
                     }
-                    if *draining || streams.len() >= shard.settings.max_streams_per_conn {
-                        let _ = quic.stream_shutdown(
-                            stream_id,
-                            quiche::Shutdown::Read,
-                            H3_REQUEST_CANCELLED,
-                        );
-                        let _ = quic.stream_shutdown(
-                            stream_id,
-                            quiche::Shutdown::Write,
-                            H3_REQUEST_CANCELLED,
-                        );
-                        continue;
+                    Ok((stream_id, h3::Event::Data)) => match streams.get(&stream_id) {
+                        Some(io) => io.borrow_mut().body_pending = true,
+                        None => {
+                            let _ = quic.stream_shutdown(
+                                stream_id,
+                                quiche::Shutdown::Read,
+                                H3_NO_ERROR,
+                            );
+                        }
+                    },
+                    Ok((stream_id, h3::Event::Finished)) => {
+                        if let Some(io) = streams.get(&stream_id) {
+                            let mut io = io.borrow_mut();
+                            io.request_fin = true;
+                            io.wake_reader();
+                        }
                     }
-                    let io: SharedStream = Rc::new(RefCell::new(StreamIo::default()));
-                    io.borrow_mut().body_pending = true;
-                    streams.insert(stream_id, Rc::clone(&io));
-                    new_calls.push(NewCall { headers: list, io });
+                    Ok((stream_id, h3::Event::Reset(_))) => {
+                        if let Some(io) = streams.remove(&stream_id) {
+                            io.borrow_mut().abort();
+                        }
+                    }
+                    Ok((_, h3::Event::PriorityUpdate | h3::Event::GoAway)) => {}
+                    Err(h3::Error::Done) => break,
+                    Err(e) => {
+                        tracing::debug!(shard = shard.index, error = %e, "HTTP/3 connection error");
+                        break;
+                    }
                 }
-                Ok((stream_id, h3::Event::Data)) => match streams.get(&stream_id) {
-                    Some(io) => io.borrow_mut().body_pending = true,
-                    None => {
-                        let _ =
-                            quic.stream_shutdown(stream_id, quiche::Shutdown::Read, H3_NO_ERROR);
-                    }
-                },
-                Ok((stream_id, h3::Event::Finished)) => {
-                    if let Some(io) = streams.get(&stream_id) {
-                        let mut io = io.borrow_mut();
-                        io.request_fin = true;
-                        io.wake_reader();
-                    }
+            }
+            // Reading a body can queue more events (a FIN that came in the
+            // same packet as the data): poll again until reading brings
+            // nothing new.
+            let mut read_any = false;
+            for (&stream_id, io) in streams.iter() {
+                let mut io = io.borrow_mut();
+                if io.body_pending && io.inbox_has_room() {
+                    read_any |= pull_body(h3, quic, stream_id, &mut io, &mut scratch);
                 }
-                Ok((stream_id, h3::Event::Reset(_))) => {
-                    if let Some(io) = streams.remove(&stream_id) {
-                        io.borrow_mut().abort();
-                    }
-                }
-                Ok((_, h3::Event::PriorityUpdate | h3::Event::GoAway)) => {}
-                Err(h3::Error::Done) => break,
-                Err(e) => {
-                    tracing::debug!(shard = shard.index, error = %e, "HTTP/3 connection error");
-                    break;
-                }
+            }
+            if !read_any {
+                break;
             }
         }
 
@@ -154,12 +173,8 @@ impl Conn {
             }
         }
 
-        let mut scratch = [0u8; 16 * 1024];
         streams.retain(|&stream_id, io| {
             let mut io = io.borrow_mut();
-            if io.body_pending && io.inbox_has_room() {
-                pull_body(h3, quic, stream_id, &mut io, &mut scratch);
-            }
             if io.has_output() {
                 write_output(h3, quic, stream_id, &mut io);
             }
@@ -197,27 +212,34 @@ impl Conn {
     }
 }
 
+/// Moves request body bytes from quiche into the stream's inbox while it has
+/// room; returns whether anything changed.
 fn pull_body(
     h3: &mut h3::Connection,
     quic: &mut quiche::Connection,
     stream_id: u64,
     io: &mut StreamIo,
     scratch: &mut [u8],
-) {
+) -> bool {
+    let mut changed = false;
     while io.inbox_has_room() {
         match h3.recv_body(quic, stream_id, scratch) {
-            Ok(n) => io.push_inbound(Bytes::copy_from_slice(&scratch[..n])),
+            Ok(n) => {
+                io.push_inbound(Bytes::copy_from_slice(&scratch[..n]));
+                changed = true;
+            }
             Err(h3::Error::Done) => {
                 io.body_pending = false;
                 io.wake_reader();
-                return;
+                return true;
             }
             Err(_) => {
                 io.abort();
-                return;
+                return true;
             }
         }
     }
+    changed
 }
 
 fn write_output(
