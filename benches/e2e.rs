@@ -30,10 +30,23 @@
 //! ```text
 //! scripts/bench-e2e.sh --markdown      # sets up, builds the image first
 //! cargo bench --bench e2e -- [--duration 5s] [--quick] [--connections 4]
-//!     [--streams 1,16,64] [--rounds 3] [--shards 1[,2]] [--markdown]
+//!     [--streams 1,16,64] [--rounds 3] [--shards 1[,2]] [--fin-apart] [--markdown]
 //! ```
 //! `--quick` is 0.5 s windows and streams 1 and 16 (for CI). `--shards 1,2`
 //! runs the whole series once per shard count, each on a fresh vimanad.
+//!
+//! `--fin-apart` makes the HTTP/3 client send each request's end of stream
+//! (FIN) in a packet of its own, after the body, instead of in the packet
+//! that carries the body (both are correct HTTP/3; it costs a datagram per
+//! call). Before 0e284b9 the shard noticed a FIN that came with the body
+//! only when the connection's next packet arrived (quiche's `recv_body`
+//! queues the Finished event after the shard's `poll` loop), so with one
+//! stream per connection the second call stalled until the idle timeout;
+//! the default packing is the regression check for that, `--fin-apart` the
+//! way to measure such a build anyway.
+//!
+//! Debugging: `E2E_VIMANAD_LOG=<filter>` sets vimanad's RUST_LOG (default
+//! info) and `E2E_KEEP_LOG=<path>` copies vimanad's log there at the end.
 //! Needs target/example/vimana-example.oci.tar
 //! (scripts/build-example-image.sh release).
 
@@ -77,6 +90,8 @@ struct Args {
     connections: usize,
     rounds: usize,
     shards: Vec<usize>,
+    /// Send each request's FIN in a packet of its own (see the module doc).
+    fin_apart: bool,
     markdown: bool,
 }
 
@@ -105,7 +120,7 @@ fn parse_list(name: &str, s: &str) -> Vec<usize> {
 fn args() -> Args {
     let (mut duration, mut streams, mut connections, mut rounds, mut shards) =
         (None, None, 4, 3, vec![1]);
-    let (mut quick, mut markdown) = (false, false);
+    let (mut quick, mut markdown, mut fin_apart) = (false, false, false);
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, name: &str| {
         it.next().unwrap_or_else(|| panic!("{name} takes a value"))
@@ -122,6 +137,7 @@ fn args() -> Args {
             "--rounds" => rounds = parse_list("--rounds", &value(&mut it, "--rounds"))[0],
             "--shards" => shards = parse_list("--shards", &value(&mut it, "--shards")),
             "--quick" => quick = true,
+            "--fin-apart" => fin_apart = true,
             "--markdown" => markdown = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other:?}: see the doc of benches/e2e.rs"),
@@ -137,6 +153,7 @@ fn args() -> Args {
         connections,
         rounds,
         shards,
+        fin_apart,
         markdown,
     }
 }
@@ -199,7 +216,10 @@ impl Node {
             .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
             .args(["--listen", &listen.to_string()])
             .args(["--shards", &shards.to_string()])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_VIMANAD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.path().join("vimanad.log")).unwrap())
             .spawn()
@@ -308,6 +328,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        if let Some(keep) = std::env::var_os("E2E_KEEP_LOG") {
+            let _ = std::fs::copy(self.root.path().join("vimanad.log"), keep);
+        }
         // Shims outlive vimanad by design; ours must not outlive the bench.
         kill_processes_mentioning(self.root.path());
         remove_cgroups(&self.cgroup_parent);
@@ -436,6 +459,9 @@ struct Tally {
     /// Calls (successful or not) slower than [`SLOW`].
     slow: u64,
     slowest: Duration,
+    /// UDP datagrams sent to and received from vimanad within the window
+    /// (HTTP/3 only).
+    datagrams: (u64, u64),
 }
 
 impl Tally {
@@ -474,6 +500,8 @@ impl Tally {
         self.stalled += other.stalled;
         self.slow += other.slow;
         self.slowest = self.slowest.max(other.slowest);
+        self.datagrams.0 += other.datagrams.0;
+        self.datagrams.1 += other.datagrams.1;
     }
 
     fn error_count(&self) -> u64 {
@@ -535,6 +563,8 @@ struct Sample {
     vimanad_us: f64,
     component_us: f64,
     generator_us: f64,
+    /// UDP datagrams per call, to and from vimanad (HTTP/3 only).
+    datagrams: (f64, f64),
     tally: Tally,
 }
 
@@ -550,7 +580,12 @@ impl Sample {
             tally.latencies[rank.clamp(1, n) - 1] as f64
         };
         let (before, after) = cpu;
-        let calls = tally.ok.max(1) as f64;
+        // No call completed: no per-call figure (NaN prints as a dash).
+        let calls = if tally.ok == 0 {
+            f64::NAN
+        } else {
+            tally.ok as f64
+        };
         let per_call = |b: u64, a: u64| (a - b) as f64 * tick().as_secs_f64() * 1e6 / calls;
         Sample {
             calls_per_s: tally.ok as f64 / duration.as_secs_f64(),
@@ -559,6 +594,10 @@ impl Sample {
             vimanad_us: per_call(before.vimanad, after.vimanad),
             component_us: per_call(before.component, after.component),
             generator_us: per_call(before.generator, after.generator),
+            datagrams: (
+                tally.datagrams.0 as f64 / calls,
+                tally.datagrams.1 as f64 / calls,
+            ),
             tally,
         }
     }
@@ -626,6 +665,8 @@ struct InFlight {
     started: Instant,
     /// Request body bytes handed to quiche.
     sent: usize,
+    /// The request's end of stream handed to quiche.
+    fin_sent: bool,
     status: Option<u16>,
     /// grpc-status and grpc-message, from the trailers (or the headers of
     /// a trailers-only response).
@@ -636,7 +677,8 @@ struct InFlight {
 impl InFlight {
     /// How far a call got, for a stall report.
     fn progress(&self) -> String {
-        let sent = format!("{} request body bytes accepted by quiche", self.sent);
+        let fin = if self.fin_sent { "with" } else { "without" };
+        let sent = format!("{} request body bytes {fin} FIN sent", self.sent);
         match (self.status, &self.grpc) {
             (None, _) => format!("{sent}, no response headers"),
             (Some(status), None) => format!(
@@ -659,6 +701,10 @@ struct H3Client {
     peer: SocketAddr,
     local: SocketAddr,
     buf: Vec<u8>,
+    /// Whether the measured window is on: datagrams are counted.
+    counting: bool,
+    /// Datagrams sent and received while counting.
+    datagrams: (u64, u64),
 }
 
 impl H3Client {
@@ -692,6 +738,8 @@ impl H3Client {
             peer,
             local,
             buf: vec![0; 65535],
+            counting: false,
+            datagrams: (0, 0),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !client.conn.is_established() {
@@ -719,7 +767,10 @@ impl H3Client {
             };
             loop {
                 match self.socket.send(&out[..n]) {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        self.datagrams.0 += u64::from(self.counting);
+                        break;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         poll(self.socket.as_raw_fd(), libc::POLLOUT, SLOW);
                     }
@@ -739,6 +790,7 @@ impl H3Client {
             loop {
                 match self.socket.recv(&mut self.buf) {
                     Ok(n) => {
+                        self.datagrams.1 += u64::from(self.counting);
                         let info = quiche::RecvInfo {
                             from: self.peer,
                             to: self.local,
@@ -779,17 +831,26 @@ impl H3Client {
 
     /// Keeps `streams` calls in flight until the window ends, then lets them
     /// finish (for up to [`DRAIN`]).
-    fn run(&mut self, streams: usize, request: &Request, schedule: &Schedule, tally: &mut Tally) {
+    fn run(
+        &mut self,
+        streams: usize,
+        fin_apart: bool,
+        request: &Request,
+        schedule: &Schedule,
+        tally: &mut Tally,
+    ) {
         let mut calls: HashMap<u64, InFlight> = HashMap::with_capacity(streams * 2);
         let drain_deadline = schedule.end + DRAIN;
         let result = loop {
-            if let Err(e) = self.issue(streams, request, schedule, &mut calls, tally) {
+            let issued = self.issue(streams, fin_apart, request, schedule, &mut calls, tally);
+            if let Err(e) = issued {
                 break Err(e);
             }
             if let Err(e) = self.flush() {
                 break Err(e);
             }
             let now = Instant::now();
+            self.counting = now >= schedule.start && now < schedule.end;
             if now >= schedule.end && calls.is_empty() {
                 break Ok(());
             }
@@ -812,6 +873,7 @@ impl H3Client {
                 break Err(e);
             }
         };
+        tally.datagrams = self.datagrams;
         if let Err(e) = result {
             // Every call still in flight failed with the connection.
             for _ in calls.drain() {
@@ -826,9 +888,11 @@ impl H3Client {
 
     /// Opens streams up to `streams` while the window lasts, and hands
     /// quiche any request body not yet sent.
+    #[allow(clippy::too_many_arguments)]
     fn issue(
         &mut self,
         streams: usize,
+        fin_apart: bool,
         request: &Request,
         schedule: &Schedule,
         calls: &mut HashMap<u64, InFlight>,
@@ -849,22 +913,45 @@ impl H3Client {
             let call = InFlight {
                 started: Instant::now(),
                 sent: 0,
+                fin_sent: false,
                 status: None,
                 grpc: None,
                 body: Vec::with_capacity(128),
             };
             calls.insert(id, call);
         }
+        let fin_with_body = !fin_apart;
         for (&id, call) in calls.iter_mut() {
             while call.sent < request.body.len() {
-                match h3.send_body(&mut self.conn, id, &request.body[call.sent..], true) {
-                    Ok(n) => call.sent += n,
+                let rest = &request.body[call.sent..];
+                match h3.send_body(&mut self.conn, id, rest, fin_with_body) {
+                    Ok(n) => {
+                        call.sent += n;
+                        call.fin_sent = fin_with_body && call.sent == request.body.len();
+                    }
                     Err(h3::Error::Done) => break,
                     Err(e) => {
                         // The stream is gone (reset): its events will say.
-                        call.sent = request.body.len();
+                        (call.sent, call.fin_sent) = (request.body.len(), true);
                         tally.error(format!("send_body: {e}"));
                     }
+                }
+            }
+        }
+        if fin_apart {
+            // The bodies go out first; then each FIN in a packet of its own.
+            self.flush()?;
+            for (&id, call) in calls.iter_mut() {
+                if call.sent == request.body.len() && !call.fin_sent {
+                    match self.conn.stream_send(id, b"", true) {
+                        Ok(_) => call.fin_sent = true,
+                        Err(quiche::Error::Done) => {}
+                        Err(e) => {
+                            call.fin_sent = true;
+                            tally.error(format!("send the FIN: {e}"));
+                        }
+                    }
+                    self.flush()?;
                 }
             }
         }
@@ -981,7 +1068,7 @@ fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Samp
         .iter()
         .map(|&share| {
             let (request, schedule, barrier) = (request.clone(), schedule.clone(), barrier.clone());
-            let peer = node.listen;
+            let (peer, fin_apart) = (node.listen, args.fin_apart);
             std::thread::Builder::new()
                 .name("e2e-h3".into())
                 .spawn(move || {
@@ -991,7 +1078,9 @@ fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Samp
                     barrier.wait(); // the schedule is set
                     let schedule = schedule.get().unwrap();
                     match client {
-                        Ok(mut client) => client.run(share, &request, schedule, &mut tally),
+                        Ok(mut client) => {
+                            client.run(share, fin_apart, &request, schedule, &mut tally)
+                        }
                         Err(e) => tally.error(e),
                     }
                     tally
@@ -1130,6 +1219,7 @@ struct Row {
     vimanad_us: f64,
     component_us: f64,
     generator_us: f64,
+    datagrams: (f64, f64),
     errors: u64,
     stalled: u64,
     ratio: Option<f64>,
@@ -1149,6 +1239,7 @@ fn rows(results: &BTreeMap<(usize, usize, Mode), Vec<Sample>>) -> Vec<Row> {
             vimanad_us: m(|s| s.vimanad_us),
             component_us: m(|s| s.component_us),
             generator_us: m(|s| s.generator_us),
+            datagrams: (m(|s| s.datagrams.0), m(|s| s.datagrams.1)),
             errors: samples.iter().map(|s| s.tally.error_count()).sum(),
             stalled: samples.iter().map(|s| s.tally.stalled).sum(),
             ratio: None,
@@ -1167,41 +1258,56 @@ fn rows(results: &BTreeMap<(usize, usize, Mode), Vec<Sample>>) -> Vec<Row> {
     rows
 }
 
+/// A figure with `decimals` decimals, or a dash when there is none.
+fn cell(x: f64, decimals: usize) -> String {
+    match x.is_nan() {
+        true => "—".to_owned(),
+        false => format!("{x:.decimals$}"),
+    }
+}
+
 fn report(rows: &[Row], markdown: bool) {
     let ratio = |r: &Row| r.ratio.map_or("".to_owned(), |x| format!("{x:.2}×"));
-    let trouble = |r: &Row| match (r.errors, r.stalled) {
-        (0, 0) => "0".to_owned(),
-        (e, 0) => format!("**{e}**"),
-        (e, s) => format!("**{e} ({s} stalled)**"),
+    let http3 = |r: &Row, x: f64, decimals: usize| match r.mode {
+        Mode::Http3 => cell(x, decimals),
+        Mode::Ceiling => "—".to_owned(),
+    };
+    let datagrams = |r: &Row| match r.mode {
+        Mode::Http3 => format!("{} / {}", cell(r.datagrams.0, 1), cell(r.datagrams.1, 1)),
+        Mode::Ceiling => "—".to_owned(),
     };
     if markdown {
+        let trouble = |r: &Row| match (r.errors, r.stalled) {
+            (0, 0) => "0".to_owned(),
+            (e, 0) => format!("**{e}**"),
+            (e, s) => format!("**{e} ({s} stalled)**"),
+        };
         println!(
             "| shards | streams | path | calls/s | p50 µs | p99 µs | vimanad CPU µs/call \
-             | component CPU µs/call | load generator CPU µs/call | errors | vimanad / ceiling |"
+             | component CPU µs/call | load generator CPU µs/call \
+             | UDP datagrams/call to / from vimanad | errors | vimanad / ceiling |"
         );
-        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in rows {
-            let vimanad = match r.mode {
-                Mode::Http3 => format!("{:.1}", r.vimanad_us),
-                Mode::Ceiling => "—".to_owned(),
-            };
             println!(
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {vimanad} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.shards,
                 r.streams,
                 r.mode.label(),
-                r.calls_per_s,
-                r.p50_us,
-                r.p99_us,
-                r.component_us,
-                r.generator_us,
+                cell(r.calls_per_s, 0),
+                cell(r.p50_us, 0),
+                cell(r.p99_us, 0),
+                http3(r, r.vimanad_us, 1),
+                cell(r.component_us, 1),
+                cell(r.generator_us, 1),
+                datagrams(r),
                 trouble(r),
                 ratio(r)
             );
         }
     } else {
         println!(
-            "\n{:>6} {:>7} {:<24} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            "\n{:>6} {:>7} {:<24} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>11} {:>7} {:>6}",
             "shards",
             "streams",
             "path",
@@ -1211,26 +1317,31 @@ fn report(rows: &[Row], markdown: bool) {
             "vimanad",
             "compon.",
             "loadgen",
+            "datagrams",
             "errors",
             "ratio"
         );
         for r in rows {
             println!(
-                "{:>6} {:>7} {:<24} {:>9.0} {:>8.0} {:>8.0} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>7}",
+                "{:>6} {:>7} {:<24} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>11} {:>7} {:>6}",
                 r.shards,
                 r.streams,
                 r.mode.label(),
-                r.calls_per_s,
-                r.p50_us,
-                r.p99_us,
-                r.vimanad_us,
-                r.component_us,
-                r.generator_us,
+                cell(r.calls_per_s, 0),
+                cell(r.p50_us, 0),
+                cell(r.p99_us, 0),
+                http3(r, r.vimanad_us, 1),
+                cell(r.component_us, 1),
+                cell(r.generator_us, 1),
+                datagrams(r),
                 r.errors,
                 ratio(r)
             );
         }
-        println!("(vimanad, compon., loadgen: CPU µs per call; ratio: calls/s vimanad / ceiling)");
+        println!(
+            "(vimanad, compon., loadgen: CPU µs per call; datagrams: UDP datagrams per call \
+             to / from vimanad; ratio: calls/s vimanad / ceiling)"
+        );
     }
 }
 
@@ -1287,7 +1398,8 @@ fn main() {
                     eprintln!(
                         "e2e: shards {shards} round {round} streams {streams:>3} {:<24} \
                          {:>8.0} calls/s  p50 {:>6.0} µs  p99 {:>6.0} µs  CPU µs/call: \
-                         vimanad {:>6.1} component {:>6.1} loadgen {:>6.1}  slowest {:?}",
+                         vimanad {:>6.1} component {:>6.1} loadgen {:>6.1}  \
+                         datagrams/call {:.1} / {:.1}  slowest {:?}",
                         mode.label(),
                         sample.calls_per_s,
                         sample.p50_us,
@@ -1295,6 +1407,8 @@ fn main() {
                         sample.vimanad_us,
                         sample.component_us,
                         sample.generator_us,
+                        sample.datagrams.0,
+                        sample.datagrams.1,
                         t.slowest
                     );
                     if t.slow > 0 {
@@ -1335,8 +1449,15 @@ fn main() {
 
     println!(
         "\nUnary {PAYLOAD}-byte calls ({UNARY}), {:?} windows after {:?} warm-up, \
-         {} rounds, medians over rounds; up to {} connections per path",
-        args.duration, warmup, args.rounds, args.connections
+         {} rounds, medians over rounds; up to {} connections per path{}",
+        args.duration,
+        warmup,
+        args.rounds,
+        args.connections,
+        match args.fin_apart {
+            true => "; HTTP/3 requests end with a FIN in a packet of its own (--fin-apart)",
+            false => "",
+        }
     );
     report(&rows(&results), args.markdown);
     println!(

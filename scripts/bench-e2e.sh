@@ -4,7 +4,7 @@
 # HTTP/3 through the real vimanad (one example pod started over CRI) against
 # the same component called directly over HTTP/2 (as root).
 # Usage: scripts/bench-e2e.sh [--duration 5s | --quick] [--connections N]
-#            [--streams 1,16,64] [--rounds N] [--shards 1[,2]] [--markdown]
+#            [--streams 1,16,64] [--rounds N] [--shards 1[,2]] [--fin-apart] [--markdown]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -14,3 +14,4 @@ cargo test --workspace
 cargo test --bench cri_start -- --quick
 cargo test --bench pull -- --quick
 cargo test --bench startup -- --quick
+cargo test --bench e2e -- --quick
