@@ -12,7 +12,7 @@
 //!     cargo bench --bench startup [-- --quick] [--repeats N] [--markdown]
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -115,7 +115,8 @@ impl Db {
 
     /// Every stored pod and the ID counter.
     pub fn load(&self) -> Result<(Vec<Pod>, u64), Error> {
-        let read = |db: &Database| -> Result<(Vec<(String, Vec<u8>)>, u64), redb::Error> {
+        type Raw = (Vec<(String, Vec<u8>)>, u64);
+        let read = |db: &Database| -> Result<Raw, redb::Error> {
             let tx = db.begin_read()?;
             let pods = match tx.open_table(PODS) {
                 Ok(table) => table

@@ -164,6 +164,20 @@ fn validate_service(service: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Pod IDs travel (to the state database) in their text form.
+impl serde::Serialize for PodId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PodId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,19 +242,5 @@ mod tests {
         ] {
             assert!(bad.parse::<PodId>().is_err(), "{bad}");
         }
-    }
-}
-
-/// Pod IDs travel (to the state database) in their text form.
-impl serde::Serialize for PodId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for PodId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
