@@ -461,3 +461,45 @@ async fn address_validation_with_retry() {
     );
     assert_eq!((code, out.trim()), (0, "again"), "{err}");
 }
+
+#[tokio::test]
+async fn a_container_killed_with_sigkill_while_streams_are_open() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("victim", V1).await;
+    let pid = node.pid(&pod).await;
+    let long = hex_of(&pb::StreamRequest {
+        message: "s".into(),
+        count: 1000,
+        interval_ms: 20,
+    });
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let calls = json!([
+        { "path": "/vimana.example.v1.Echo/ServerStream", "messages_hex": [long.clone()] },
+        { "path": "/vimana.example.v1.Echo/ServerStream", "messages_hex": [long] },
+    ]);
+    let results = aioquic(&node, "example.com", calls, true);
+    killer.join().unwrap();
+    for r in &results {
+        assert_eq!(
+            r["grpc_status"], 14,
+            "every open stream gets UNAVAILABLE: {r}"
+        );
+        assert!(
+            !replies(r).is_empty(),
+            "it was streaming before the kill: {r}"
+        );
+        assert!(r["elapsed_ms"].as_f64().unwrap() < 10_000.0, "at once: {r}");
+    }
+    let status = node
+        .wait_state(&pod, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(status.exit_code, 137);
+    // Out of routing on every shard, and its log is complete up to the kill.
+    let (code, _, err) = vimanad_call(&node, "example.com", UNARY, &["--text", "x"]);
+    assert_eq!(code, 14, "{err}");
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains("listening on"), "{log}");
+}
