@@ -1,11 +1,12 @@
 //! StartContainer latency: how long a pod takes from RunPodSandbox to a
 //! component answering `grpc.health.v1` SERVING, against a plain process.
 //!
-//! Starts the real `vimanad serve` (as root, in a private root under /tmp,
-//! with the example image imported), warms up with one pod, then starts N
-//! pods one after another (RunPodSandbox → CreateContainer → StartContainer;
-//! StartContainer returns once the component serves), keeping them all
-//! running. Alternating with each pod it starts the same component binary as
+//! Starts the real `vimanad serve` with the integration tests' harness
+//! (tests/common: as root, in a private root under /tmp, with the example
+//! image imported; here on one data-plane shard, logging warnings), warms
+//! up with one pod, then starts N pods one after another (RunPodSandbox →
+//! CreateContainer → StartContainer; StartContainer returns once the
+//! component serves), keeping them all running. Alternating with each pod it starts the same component binary as
 //! a plain child process and times it from spawn to SERVING, probing the way
 //! the runtime does: the floor the runtime's overhead (shim, namespaces,
 //! overlay mount, cgroups, CRI round-trips) sits on. Prints median, p90, p99
@@ -20,24 +21,26 @@
 //! sporadic starts would: back-to-back starts share kernel work (the RCU
 //! grace period of a cgroup v1 attach) that spaced ones each pay in full;
 //! `--markdown` prints the table for BENCHMARKS.md. Needs
-//! target/example/vimana-example.oci.tar (scripts/build-example-image.sh).
+//! target/example/vimana-example.oci.tar (scripts/build-example-image.sh),
+//! or the image `VIMANA_EXAMPLE_IMAGE` names.
 
-use std::collections::HashMap;
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
+use common::*;
 use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const IMAGE: &str = "example.com/vimana-example:1.0.0";
-const COMPONENT: [&str; 3] = ["example.com", "vimana.example.v1.Echo", "1.0.0"];
+const COMPONENT: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
 
 struct Args {
     pods: usize,
@@ -73,135 +76,56 @@ fn args() -> Args {
     }
 }
 
-/// A `vimanad serve` in a private root, and the baseline's processes.
-/// Dropping it kills them, the shims (and so their containers) and removes
-/// its cgroups.
-struct Node {
-    root: tempfile::TempDir,
-    process: Child,
-    cgroup_parent: String,
-    cri: RuntimeServiceClient<Channel>,
+/// The node under test (the integration tests' harness) and the baseline's
+/// processes. Dropping it kills those, then the node: vimanad, the shims
+/// (and so their containers), and removes its cgroups.
+struct Bench {
+    node: Node,
     plain: Vec<Child>,
 }
 
-impl Node {
-    async fn start() -> Node {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let tar = manifest.join("target/example/vimana-example.oci.tar");
-        assert!(
-            tar.exists(),
-            "{} is missing: build it with scripts/build-example-image.sh release \
-             (scripts/bench-cri.sh does)",
-            tar.display()
-        );
-        let vimanad = env!("CARGO_BIN_EXE_vimanad");
-        let root = tempfile::Builder::new()
-            .prefix("vimanad-bench")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let (state, socket) = (root.path().join("state"), root.path().join("cri.sock"));
-        let import = Command::new(vimanad)
-            .args(["image", "import"])
-            .arg(&tar)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&import.stderr);
-        assert!(import.status.success(), "vimanad image import: {stderr}");
-        let cgroup_parent = format!("vimanad-bench-{}", std::process::id());
-        // The data plane (HTTP/3) is not measured: one shard on a free port.
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let listen = udp.local_addr().unwrap().to_string();
-        drop(udp);
-        let mut process = Command::new(vimanad)
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--run-dir")
-            .arg(root.path().join("run"))
-            .arg("--cri-socket")
-            .arg(&socket)
-            .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
-            .args(["--listen", &listen, "--shards", "1"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.path().join("vimanad.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if Instant::now() > deadline || process.try_wait().unwrap().is_some() {
-                let _ = process.kill();
-                let log = std::fs::read_to_string(root.path().join("vimanad.log"));
-                panic!("vimanad did not serve CRI:\n{}", log.unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let cri = RuntimeServiceClient::new(uds_channel(&socket).await.unwrap());
+impl Bench {
+    async fn start() -> Bench {
+        // The data plane (HTTP/3) is not measured: one shard; vimanad logs
+        // only warnings.
+        let node = Node::start_configured(1, "warn", &[]).await;
         let plain = Vec::new();
-        Node {
-            root,
-            process,
-            cgroup_parent,
-            cri,
-            plain,
-        }
+        Bench { node, plain }
     }
 
     /// RunPodSandbox, CreateContainer, StartContainer: the pod ID and the
     /// time of each call.
     async fn start_pod(&mut self, name: &str) -> (String, [Duration; 3]) {
-        let sandbox = sandbox_config(name, &self.root.path().join("logs").join(name));
+        let sandbox = sandbox_config(&self.node, name);
         let t0 = Instant::now();
         let run = cri::RunPodSandboxRequest {
             config: Some(sandbox.clone()),
             runtime_handler: "vimana".to_owned(),
         };
-        let run = self.cri.run_pod_sandbox(run).await.expect("RunPodSandbox");
+        let run = self
+            .node
+            .runtime
+            .run_pod_sandbox(run)
+            .await
+            .expect("RunPodSandbox");
         let id = run.into_inner().pod_sandbox_id;
         let t1 = Instant::now();
         let create = cri::CreateContainerRequest {
             pod_sandbox_id: id.clone(),
-            config: Some(container_config()),
+            config: Some(container()),
             sandbox_config: Some(sandbox),
         };
-        let create = self.cri.create_container(create).await;
+        let create = self.node.runtime.create_container(create).await;
         let container_id = create.expect("CreateContainer").into_inner().container_id;
         let t2 = Instant::now();
         let start = cri::StartContainerRequest { container_id };
-        self.cri
+        self.node
+            .runtime
             .start_container(start)
             .await
             .expect("StartContainer");
         let t3 = Instant::now();
         (id, [t1 - t0, t2 - t1, t3 - t2])
-    }
-
-    /// StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox
-    /// (the container ID is the pod ID).
-    async fn remove_pod(&mut self, id: &str) {
-        let (container_id, pod_sandbox_id) = (id.to_owned(), id.to_owned());
-        let stop = cri::StopContainerRequest {
-            container_id: container_id.clone(),
-            timeout: 10,
-        };
-        self.cri.stop_container(stop).await.expect("StopContainer");
-        let stop = cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod_sandbox_id.clone(),
-        };
-        self.cri
-            .stop_pod_sandbox(stop)
-            .await
-            .expect("StopPodSandbox");
-        let remove = cri::RemoveContainerRequest { container_id };
-        self.cri
-            .remove_container(remove)
-            .await
-            .expect("RemoveContainer");
-        let remove = cri::RemovePodSandboxRequest { pod_sandbox_id };
-        let removed = self.cri.remove_pod_sandbox(remove).await;
-        removed.expect("RemovePodSandbox");
     }
 
     /// The baseline: `binary` as a plain child process serving on `socket`,
@@ -233,104 +157,36 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl Drop for Bench {
     fn drop(&mut self) {
-        for child in self.plain.iter_mut().chain([&mut self.process]) {
+        for child in &mut self.plain {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Shims outlive vimanad by design; ours must not outlive the bench.
-        kill_processes_mentioning(self.root.path());
-        remove_cgroups(&self.cgroup_parent);
     }
 }
 
-fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    let [domain, service, version] = COMPONENT;
-    let labels: HashMap<String, String> = [
-        ("vimana.host/domain", domain),
-        ("vimana.host/service", service),
-        ("vimana.host/version", version),
-        ("app", name),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: log_dir.display().to_string(),
-        labels,
-        ..Default::default()
-    }
+/// The harness's pod and container configs, less the labels and annotations
+/// its tests look for: these requests carry none.
+fn sandbox_config(node: &Node, name: &str) -> cri::PodSandboxConfig {
+    let mut config = node.pod_config(name, COMPONENT);
+    config.annotations.clear();
+    config
 }
 
-fn container_config() -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "component".to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.to_owned(),
-            ..Default::default()
-        }),
-        log_path: "component/0.log".to_owned(),
-        ..Default::default()
-    }
-}
-
-/// SIGKILLs every process whose command line mentions `path`.
-fn kill_processes_mentioning(path: &Path) {
-    let needle = path.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-/// Removes `parent` (and its children) under every cgroup hierarchy.
-fn remove_cgroups(parent: &str) {
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten();
-    let mut groups: Vec<PathBuf> = hierarchies
-        .flatten()
-        .map(|h| h.path().join(parent))
-        .collect();
-    for _ in 0..100 {
-        groups.retain(|group| {
-            for child in std::fs::read_dir(group).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(child.path());
-            }
-            std::fs::remove_dir(group).is_err() && group.exists()
-        });
-        if groups.is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn container() -> cri::ContainerConfig {
+    let mut config = container_config("component", &[]);
+    config.labels.clear();
+    config.annotations.clear();
+    config
 }
 
 /// A gRPC channel over a Unix socket (with the readiness probe's timeouts).
-async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    Endpoint::from_static("http://localhost")
+async fn probe_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_static("http://localhost")
         .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
+        .timeout(Duration::from_secs(2));
+    uds_connect(endpoint, path).await
 }
 
 /// One readiness probe: a cheap connect first, then Health/Check.
@@ -338,7 +194,7 @@ async fn serving(socket: &Path) -> bool {
     if UnixStream::connect(socket).await.is_err() {
         return false;
     }
-    let Ok(channel) = uds_channel(socket).await else {
+    let Ok(channel) = probe_channel(socket).await else {
         return false;
     };
     let mut health = HealthClient::new(channel);
@@ -409,17 +265,17 @@ fn loadavg() -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = args();
-    let mut node = Node::start().await;
-    let plain_dir = node.root.path().join("plain");
+    let mut bench = Bench::start().await;
+    let plain_dir = bench.node.root.path().join("plain");
     std::fs::create_dir(&plain_dir).unwrap();
 
     // Warm-up: unpacks the image's rootfs, fills the page cache.
-    let (warm, _) = node.start_pod("warmup").await;
-    node.remove_pod(&warm).await;
-    let binary = component_binary(&node.root.path().join("state"));
+    let (warm, _) = bench.start_pod("warmup").await;
+    bench.node.remove_running_pod(&warm).await;
+    let binary = component_binary(&bench.node.state_dir());
     let warm = plain_dir.join("warmup.sock");
-    node.start_plain(&binary, &warm).await;
-    let mut warm = node.plain.pop().unwrap();
+    bench.start_plain(&binary, &warm).await;
+    let mut warm = bench.plain.pop().unwrap();
     let _ = (warm.kill(), warm.wait());
     eprintln!("cri_start: baseline is {}", binary.display());
 
@@ -430,12 +286,12 @@ async fn main() {
         // Alternate which goes first, so drift and noise hit both alike.
         for ours in [i % 2 == 0, i % 2 != 0] {
             if ours {
-                let (id, t) = node.start_pod(&format!("bench-{i}")).await;
+                let (id, t) = bench.start_pod(&format!("bench-{i}")).await;
                 pods.push(id);
                 calls.push(t);
             } else {
                 let socket = plain_dir.join(format!("{i}.sock"));
-                floor.push(node.start_plain(&binary, &socket).await);
+                floor.push(bench.start_plain(&binary, &socket).await);
             }
         }
     }
@@ -443,10 +299,10 @@ async fn main() {
 
     let t0 = Instant::now();
     for id in &pods {
-        node.remove_pod(id).await;
+        bench.node.remove_running_pod(id).await;
     }
     eprintln!("cri_start: teardown took {:.2?}", t0.elapsed());
-    drop(node);
+    drop(bench);
 
     let call = |k: usize| Stats::of(calls.iter().map(|t| t[k]));
     let total = Stats::of(calls.iter().map(|t| t.iter().sum()));

@@ -1,8 +1,9 @@
 //! The data plane under load: unary gRPC calls over HTTP/3 through vimanad,
 //! against the same component called directly over HTTP/2 (the ceiling).
 //!
-//! Starts the real `vimanad serve` (as root, in a private root under /tmp,
-//! with the example image imported, `--shards N` on a free UDP port), starts
+//! Starts the real `vimanad serve` with the integration tests' harness
+//! (tests/common: as root, in a private root under /tmp, with the example
+//! image imported, on a free UDP port; here with `--shards N`), starts
 //! one example-component pod over CRI and learns its socket from
 //! PodSandboxStatus `info["socket"]`. Then, for each concurrency (streams
 //! in flight), it drives `vimana.example.v1.Echo/Unary` with a 64-byte
@@ -48,28 +49,28 @@
 //! Debugging: `E2E_VIMANAD_LOG=<filter>` sets vimanad's RUST_LOG (default
 //! info) and `E2E_KEEP_LOG=<path>` copies vimanad's log there at the end.
 //! Needs target/example/vimana-example.oci.tar
-//! (scripts/build-example-image.sh release).
+//! (scripts/build-example-image.sh release), or the image
+//! `VIMANA_EXAMPLE_IMAGE` names.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use common::*;
 use prost::Message;
 use quiche::h3::{self, NameValue};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use vimana_example::pb::echo_client::EchoClient;
 use vimana_example::pb::{EchoReply, EchoRequest};
 
-const IMAGE: &str = "example.com/vimana-example:1.0.0";
-const COMPONENT: [&str; 3] = ["example.com", "vimana.example.v1.Echo", "1.0.0"];
+const COMPONENT: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
 const AUTHORITY: &str = "example.com";
 const UNARY: &str = "/vimana.example.v1.Echo/Unary";
 const PAYLOAD: usize = 64;
@@ -160,15 +161,11 @@ fn args() -> Args {
 
 // ---------------------------------------------------------------- the node
 
-/// A `vimanad serve` in a private root with one running example pod.
+/// A node (the integration tests' harness) with one running example pod.
 /// Dropping it kills vimanad, the shim (and so the component) and removes
 /// its cgroups.
-struct Node {
-    root: tempfile::TempDir,
-    process: Child,
-    cgroup_parent: String,
-    listen: SocketAddr,
-    cri: RuntimeServiceClient<Channel>,
+struct Target {
+    node: Node,
     pod: String,
     /// The component's Unix socket (PodSandboxStatus `info["socket"]`).
     socket: PathBuf,
@@ -176,253 +173,46 @@ struct Node {
     component_pid: u32,
 }
 
-impl Node {
-    async fn start(shards: usize) -> Node {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let tar = manifest.join("target/example/vimana-example.oci.tar");
-        assert!(
-            tar.exists(),
-            "{} is missing: build it with scripts/build-example-image.sh release \
-             (scripts/bench-e2e.sh does)",
-            tar.display()
-        );
-        let vimanad = env!("CARGO_BIN_EXE_vimanad");
-        let root = tempfile::Builder::new()
-            .prefix("vimanad-e2e")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let (state, socket) = (root.path().join("state"), root.path().join("cri.sock"));
-        let import = Command::new(vimanad)
-            .args(["image", "import"])
-            .arg(&tar)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&import.stderr);
-        assert!(import.status.success(), "vimanad image import: {stderr}");
-        let cgroup_parent = format!("vimanad-e2e-{}", std::process::id());
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let listen = udp.local_addr().unwrap();
-        drop(udp);
-        let mut process = Command::new(vimanad)
-            .arg("serve")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--run-dir")
-            .arg(root.path().join("run"))
-            .arg("--cri-socket")
-            .arg(&socket)
-            .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", &cgroup_parent])
-            .args(["--listen", &listen.to_string()])
-            .args(["--shards", &shards.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_VIMANAD_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.path().join("vimanad.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if Instant::now() > deadline || process.try_wait().unwrap().is_some() {
-                let _ = process.kill();
-                let log = std::fs::read_to_string(root.path().join("vimanad.log"));
-                panic!("vimanad did not serve CRI:\n{}", log.unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+impl Target {
+    /// vimanad on `shards` data-plane shards, then RunPodSandbox,
+    /// CreateContainer, StartContainer (which returns once the component
+    /// serves), then the pod's socket and PID.
+    async fn start(shards: usize) -> Target {
+        let log = std::env::var("E2E_VIMANAD_LOG").unwrap_or_else(|_| "info".into());
+        let mut node = Node::start_configured(shards, &log, &[]).await;
+        let pod = node.running_pod("e2e", COMPONENT).await;
+        let socket = node.component_socket(&pod).await;
+        let component_pid = node.pid(&pod).await as u32;
+        Target {
+            node,
+            pod,
+            socket,
+            component_pid,
         }
-        let cri = RuntimeServiceClient::new(uds_channel(&socket).await.unwrap());
-        let mut node = Node {
-            root,
-            process,
-            cgroup_parent,
-            listen,
-            cri,
-            pod: String::new(),
-            socket: PathBuf::new(),
-            component_pid: 0,
-        };
-        node.start_pod("e2e").await;
-        node
-    }
-
-    /// RunPodSandbox, CreateContainer, StartContainer (which returns once
-    /// the component serves), then the pod's socket and PID.
-    async fn start_pod(&mut self, name: &str) {
-        let sandbox = sandbox_config(name, &self.root.path().join("logs").join(name));
-        let run = cri::RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: "vimana".to_owned(),
-        };
-        let run = self.cri.run_pod_sandbox(run).await.expect("RunPodSandbox");
-        let id = run.into_inner().pod_sandbox_id;
-        let create = cri::CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(container_config()),
-            sandbox_config: Some(sandbox),
-        };
-        let create = self.cri.create_container(create).await;
-        let container_id = create.expect("CreateContainer").into_inner().container_id;
-        let start = cri::StartContainerRequest {
-            container_id: container_id.clone(),
-        };
-        self.cri
-            .start_container(start)
-            .await
-            .expect("StartContainer");
-        let status = cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: true,
-        };
-        let status = self.cri.pod_sandbox_status(status).await;
-        let info = status.expect("PodSandboxStatus").into_inner().info;
-        self.socket = PathBuf::from(info.get("socket").expect("info[\"socket\"]"));
-        let status = cri::ContainerStatusRequest {
-            container_id,
-            verbose: true,
-        };
-        let status = self.cri.container_status(status).await;
-        let info = status.expect("ContainerStatus").into_inner().info;
-        let pid = info.get("pid").expect("info[\"pid\"]");
-        self.component_pid = pid.parse().expect("a numeric PID");
-        self.pod = id;
-    }
-
-    /// StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox
-    /// (the container ID is the pod ID).
-    async fn remove_pod(&mut self) {
-        let id = std::mem::take(&mut self.pod);
-        let stop = cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 10,
-        };
-        self.cri.stop_container(stop).await.expect("StopContainer");
-        let stop = cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        };
-        self.cri
-            .stop_pod_sandbox(stop)
-            .await
-            .expect("StopPodSandbox");
-        let remove = cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        };
-        let removed = self.cri.remove_container(remove).await;
-        removed.expect("RemoveContainer");
-        let remove = cri::RemovePodSandboxRequest { pod_sandbox_id: id };
-        let removed = self.cri.remove_pod_sandbox(remove).await;
-        removed.expect("RemovePodSandbox");
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.root.path().join("vimanad.log"));
-        let log = log.unwrap_or_default();
+        let log = self.node.log();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 
-impl Drop for Node {
+impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
         if let Some(keep) = std::env::var_os("E2E_KEEP_LOG") {
-            let _ = std::fs::copy(self.root.path().join("vimanad.log"), keep);
+            self.node.kill9(); // first, so the copy is the whole log
+            let _ = std::fs::copy(self.node.root.path().join("vimanad.log"), keep);
         }
-        // Shims outlive vimanad by design; ours must not outlive the bench.
-        kill_processes_mentioning(self.root.path());
-        remove_cgroups(&self.cgroup_parent);
-    }
-}
-
-fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
-    let [domain, service, version] = COMPONENT;
-    let labels: HashMap<String, String> = [
-        ("vimana.host/domain", domain),
-        ("vimana.host/service", service),
-        ("vimana.host/version", version),
-        ("app", name),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
-        log_directory: log_dir.display().to_string(),
-        labels,
-        ..Default::default()
-    }
-}
-
-fn container_config() -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "component".to_owned(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.to_owned(),
-            ..Default::default()
-        }),
-        log_path: "component/0.log".to_owned(),
-        ..Default::default()
-    }
-}
-
-/// SIGKILLs every process whose command line mentions `path`.
-fn kill_processes_mentioning(path: &Path) {
-    let needle = path.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-/// Removes `parent` (and its children) under every cgroup hierarchy.
-fn remove_cgroups(parent: &str) {
-    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten();
-    let mut groups: Vec<PathBuf> = hierarchies
-        .flatten()
-        .map(|h| h.path().join(parent))
-        .collect();
-    for _ in 0..100 {
-        groups.retain(|group| {
-            for child in std::fs::read_dir(group).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(child.path());
-            }
-            std::fs::remove_dir(group).is_err() && group.exists()
-        });
-        if groups.is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// An HTTP/2 channel over a Unix socket, without a request timeout (stalls
 /// are this bench's to find).
-async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_path_buf();
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
+async fn component_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let endpoint =
+        Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(2));
+    uds_connect(endpoint, path).await
 }
 
 // ---------------------------------------------------------------- measuring
@@ -1059,7 +849,7 @@ fn shares(streams: usize, connections: usize) -> Vec<usize> {
 
 /// One HTTP/3 window: a thread per connection; the calling thread samples
 /// CPU.
-fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Sample {
+fn h3_window(target: &Target, streams: usize, args: &Args, warmup: Duration) -> Sample {
     let shares = shares(streams, args.connections);
     let request = Arc::new(Request::new());
     let schedule = Arc::new(OnceLock::<Schedule>::new());
@@ -1068,7 +858,7 @@ fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Samp
         .iter()
         .map(|&share| {
             let (request, schedule, barrier) = (request.clone(), schedule.clone(), barrier.clone());
-            let (peer, fin_apart) = (node.listen, args.fin_apart);
+            let (peer, fin_apart) = (target.node.listen, args.fin_apart);
             std::thread::Builder::new()
                 .name("e2e-h3".into())
                 .spawn(move || {
@@ -1092,7 +882,7 @@ fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Samp
     let planned = Schedule::after_warmup(warmup, args.duration);
     let _ = schedule.set(planned);
     barrier.wait();
-    let cpu = sample_window(&planned, node.process.id(), node.component_pid);
+    let cpu = sample_window(&planned, target.node.process.id(), target.component_pid);
     let mut tally = Tally::default();
     for worker in workers {
         tally.merge(worker.join().expect("an HTTP/3 worker panicked"));
@@ -1106,7 +896,7 @@ fn h3_window(node: &Node, streams: usize, args: &Args, warmup: Duration) -> Samp
 /// over as many HTTP/2 connections as the HTTP/3 path uses.
 fn ceiling_window(
     rt: &tokio::runtime::Runtime,
-    node: &Node,
+    target: &Target,
     streams: usize,
     args: &Args,
     warmup: Duration,
@@ -1116,7 +906,7 @@ fn ceiling_window(
     let channels: Vec<Channel> = rt.block_on(async {
         let mut channels = Vec::new();
         for _ in &shares {
-            let channel = uds_channel(&node.socket).await;
+            let channel = component_channel(&target.socket).await;
             channels.push(channel.expect("connect to the component's socket"));
         }
         channels
@@ -1130,7 +920,7 @@ fn ceiling_window(
             tasks.push(rt.spawn(ceiling_stream(client, message, schedule)));
         }
     }
-    let cpu = sample_window(&schedule, node.process.id(), node.component_pid);
+    let cpu = sample_window(&schedule, target.node.process.id(), target.component_pid);
     let mut tally = Tally::default();
     rt.block_on(async {
         for task in tasks {
@@ -1373,13 +1163,13 @@ fn main() {
     let mut results: BTreeMap<(usize, usize, Mode), Vec<Sample>> = BTreeMap::new();
     let mut trouble = Vec::new();
     for &shards in &args.shards {
-        let mut node = control.block_on(Node::start(shards));
+        let mut target = control.block_on(Target::start(shards));
         eprintln!(
             "e2e: vimanad (pid {}) --shards {shards} on {}, component pid {} on {}",
-            node.process.id(),
-            node.listen,
-            node.component_pid,
-            node.socket.display()
+            target.node.process.id(),
+            target.node.listen,
+            target.component_pid,
+            target.socket.display()
         );
         for round in 0..args.rounds {
             for (i, &streams) in args.streams.iter().enumerate() {
@@ -1391,8 +1181,8 @@ fn main() {
                 };
                 for mode in modes {
                     let sample = match mode {
-                        Mode::Http3 => h3_window(&node, streams, &args, warmup),
-                        Mode::Ceiling => ceiling_window(&ceiling, &node, streams, &args, warmup),
+                        Mode::Http3 => h3_window(&target, streams, &args, warmup),
+                        Mode::Ceiling => ceiling_window(&ceiling, &target, streams, &args, warmup),
                     };
                     let t = &sample.tally;
                     eprintln!(
@@ -1432,7 +1222,7 @@ fn main() {
                         eprintln!("e2e: !!! {line}");
                         trouble.push(line);
                         if mode == Mode::Http3 {
-                            eprintln!("e2e: vimanad's log ends:\n{}", node.log_tail(20));
+                            eprintln!("e2e: vimanad's log ends:\n{}", target.log_tail(20));
                         }
                     }
                     results
@@ -1442,8 +1232,8 @@ fn main() {
                 }
             }
         }
-        control.block_on(node.remove_pod());
-        drop(node);
+        control.block_on(target.node.remove_running_pod(&target.pod));
+        drop(target);
     }
     let load_after = loadavg();
 

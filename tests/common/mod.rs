@@ -27,7 +27,8 @@ pub fn example_image_tar() -> PathBuf {
         });
     assert!(
         path.exists(),
-        "{} is missing: build it with scripts/build-example.sh (scripts/test.sh does)",
+        "{} is missing: build it with scripts/build-example-image.sh \
+         (scripts/test.sh and scripts/bench-*.sh do)",
         path.display()
     );
     path
@@ -44,7 +45,10 @@ pub struct Node {
     pub listen: std::net::SocketAddr,
     pub process: Child,
     pub cgroup_parent: String,
+    /// `serve` arguments after the common ones (`--shards` first).
     extra: Vec<String>,
+    /// vimanad's RUST_LOG.
+    rust_log: String,
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
 }
@@ -68,7 +72,14 @@ impl Node {
         Self::start_with(&[]).await
     }
 
+    /// Starts vimanad with more `serve` arguments.
     pub async fn start_with(extra: &[&str]) -> Node {
+        Self::start_configured(2, "info", extra).await
+    }
+
+    /// `start_with` on `shards` data-plane shards, with vimanad's RUST_LOG
+    /// set to `rust_log` (the tests run 2 shards at `info`).
+    pub async fn start_configured(shards: usize, rust_log: &str, extra: &[&str]) -> Node {
         let root = tempfile::Builder::new()
             .prefix("vt")
             .tempdir_in("/tmp")
@@ -91,15 +102,22 @@ impl Node {
             root.path().file_name().unwrap().to_string_lossy()
         );
         let listen = free_udp_port();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = spawn_server(root.path(), listen, &cgroup_parent, &extra);
-        let channel = connect_cri(&root.path().join("cri.sock")).await;
+        let shards = shards.to_string();
+        let extra: Vec<String> = ["--shards", &shards]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        let rust_log = rust_log.to_owned();
+        let mut process = spawn_server(root.path(), listen, &cgroup_parent, &extra, &rust_log);
+        let channel = connect_cri(root.path(), &mut process).await;
         Node {
             root,
             listen,
             process,
             cgroup_parent,
             extra,
+            rust_log,
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
         }
@@ -124,8 +142,9 @@ impl Node {
             self.listen,
             &self.cgroup_parent,
             &self.extra,
+            &self.rust_log,
         );
-        let channel = connect_cri(&self.socket()).await;
+        let channel = connect_cri(self.root.path(), &mut self.process).await;
         self.runtime = RuntimeServiceClient::new(channel.clone());
         self.images = ImageServiceClient::new(channel);
     }
@@ -137,8 +156,7 @@ impl Node {
     /// RunPodSandbox for a pod of `component` = (domain, service, version).
     pub async fn run_pod(&mut self, name: &str, component: (&str, &str, &str)) -> String {
         let mut req = run_pod_request(name, component);
-        req.config.as_mut().unwrap().log_directory =
-            self.log_dir().join(name).display().to_string();
+        req.config = Some(self.pod_config(name, component));
         self.runtime
             .run_pod_sandbox(req)
             .await
@@ -264,10 +282,14 @@ impl Node {
             status.labels["vimana.host/service"].as_str(),
             status.labels["vimana.host/version"].as_str(),
         );
-        let mut req = run_pod_request(&meta.name, component);
-        req.config.as_mut().unwrap().log_directory =
-            self.log_dir().join(&meta.name).display().to_string();
-        req.config.unwrap()
+        self.pod_config(&meta.name, component)
+    }
+
+    /// The config `run_pod` runs a pod with (its logs under `log_dir()`).
+    pub fn pod_config(&self, name: &str, component: (&str, &str, &str)) -> cri::PodSandboxConfig {
+        let mut config = run_pod_request(name, component).config.unwrap();
+        config.log_directory = self.log_dir().join(name).display().to_string();
+        config
     }
 
     /// The host path of a pod's component socket.
@@ -289,6 +311,15 @@ impl Node {
         self.start_container(&id).await.unwrap();
         id
     }
+
+    /// Undoes `running_pod`: StopContainer (10 s grace), StopPodSandbox,
+    /// RemoveContainer, RemovePodSandbox (the container ID is the pod ID).
+    pub async fn remove_running_pod(&mut self, id: &str) {
+        self.stop_container(id, 10).await.expect("StopContainer");
+        self.stop_pod(id).await.expect("StopPodSandbox");
+        self.remove_container(id).await.expect("RemoveContainer");
+        self.remove_pod(id).await.expect("RemovePodSandbox");
+    }
 }
 
 impl Drop for Node {
@@ -306,6 +337,7 @@ fn spawn_server(
     listen: std::net::SocketAddr,
     cgroup_parent: &str,
     extra: &[String],
+    rust_log: &str,
 ) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -321,26 +353,31 @@ fn spawn_server(
         .arg("--cri-socket")
         .arg(root.join("cri.sock"))
         .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", cgroup_parent])
-        .args(["--listen", &listen.to_string(), "--shards", "2"])
+        .args(["--listen", &listen.to_string()])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap()
 }
 
-/// Waits for the CRI socket to accept and connects to it.
-async fn connect_cri(socket: &Path) -> Channel {
+/// Waits for the CRI socket under `root` to accept and connects to it.
+/// Should vimanad exit first, or not open it within 20 s: kills it and
+/// fails with its log.
+async fn connect_cri(root: &Path, process: &mut Child) -> Channel {
+    let socket = root.join("cri.sock");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "vimanad did not open its CRI socket"
-        );
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline || process.try_wait().unwrap().is_some() {
+            let _ = process.kill();
+            let _ = process.wait();
+            let log = std::fs::read_to_string(root.join("vimanad.log")).unwrap_or_default();
+            panic!("vimanad did not open its CRI socket:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    uds_channel(socket.to_path_buf()).await
+    uds_channel(socket).await
 }
 
 /// SIGKILLs every process whose command line mentions `path` (the shims of
@@ -444,13 +481,23 @@ pub fn container_config(name: &str, envs: &[(&str, &str)]) -> cri::ContainerConf
 
 /// A gRPC channel over a Unix socket.
 pub async fn uds_channel(path: PathBuf) -> Channel {
-    Endpoint::from_static("http://localhost")
+    uds_connect(Endpoint::from_static("http://localhost"), path)
+        .await
+        .expect("connect over unix socket")
+}
+
+/// `endpoint` (with its timeouts) connected over the Unix socket `path`.
+pub async fn uds_connect(
+    endpoint: Endpoint,
+    path: impl Into<PathBuf>,
+) -> Result<Channel, tonic::transport::Error> {
+    let path = path.into();
+    endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
-        .expect("connect over unix socket")
 }
 
 pub fn is_alive(pid: i32) -> bool {
