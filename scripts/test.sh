@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian machine and runs every test: unit tests, the
-# integration tests that drive the real vimanad binary over its CRI socket
-# (as root: containers get namespaces and cgroups), and the example
-# component's own tests; then the benchmarks in quick mode.
+# Sets up a fresh Debian machine and runs every test: the benchmarks in quick
+# mode (so they cannot rot; no timing is asserted; test profile, sparing CI a
+# release build), then the unit tests, the integration tests that drive the
+# real vimanad binary over its CRI socket and HTTP/3 (as root: containers get
+# namespaces and cgroups; a registry and aioquic are real peers), and the
+# example component's own tests. Ends with a "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
 scripts/build-example-image.sh debug >/dev/null
-cargo test --workspace
-# The benchmarks in quick mode, so they cannot rot (no timing is asserted;
-# built in the test profile to spare CI a release build).
-cargo test --bench cri_start -- --quick
-cargo test --bench pull -- --quick
-cargo test --bench startup -- --quick
-cargo test --bench e2e -- --quick
+
+for bench in cri_start pull startup e2e; do
+    cargo test --bench "$bench" -- --quick
+done
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($i == "passed;") passed += $(i - 1)
+            if ($i == "failed;") failed += $(i - 1)
+        }
+     }
+     END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
