@@ -224,7 +224,7 @@ pub(crate) fn resolve(
         let bytes = blobs.read_verified(&desc, image, what)?;
         chain.push(strip(&desc));
         match parse_doc(&desc, &bytes, image)? {
-            Doc::Index(index) => match pick_platform(&index) {
+            Doc::Index(index) => match index.pick_platform() {
                 Some(child) => desc = child.clone(),
                 None => {
                     let platforms: Vec<String> = index
@@ -332,22 +332,6 @@ fn strip(d: &Descriptor) -> Descriptor {
     Descriptor {
         annotations: None,
         ..d.clone()
-    }
-}
-
-/// linux/amd64 first; else the only child that has no platform at all.
-fn pick_platform(index: &Index) -> Option<&Descriptor> {
-    if let Some(d) = index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.is_wanted()))
-    {
-        return Some(d);
-    }
-    let mut unplatformed = index.manifests.iter().filter(|d| d.platform.is_none());
-    match (unplatformed.next(), unplatformed.next()) {
-        (Some(only), None) => Some(only),
-        _ => None,
     }
 }
 

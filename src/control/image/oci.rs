@@ -144,6 +144,25 @@ pub struct Index {
 }
 
 impl Index {
+    /// The image for this node: linux/amd64 first; else the only child
+    /// that names no platform at all.
+    pub fn pick_platform(&self) -> Option<&Descriptor> {
+        if let Some(d) = self
+            .manifests
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.is_wanted()))
+        {
+            return Some(d);
+        }
+        let mut unplatformed = self.manifests.iter().filter(|d| d.platform.is_none());
+        match (unplatformed.next(), unplatformed.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+}
+
+impl Index {
     pub fn new(manifests: Vec<Descriptor>) -> Index {
         Index {
             schema_version: 2,

@@ -263,22 +263,6 @@ fn describe_document(bytes: &[u8], image: &str, what: &str) -> Result<Descriptor
     Ok(Descriptor::new(&media_type, bytes))
 }
 
-/// linux/amd64 first; else the only child without a platform.
-fn pick_platform(index: &Index) -> Option<&Descriptor> {
-    if let Some(d) = index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.is_wanted()))
-    {
-        return Some(d);
-    }
-    let mut unplatformed = index.manifests.iter().filter(|d| d.platform.is_none());
-    match (unplatformed.next(), unplatformed.next()) {
-        (Some(only), None) => Some(only),
-        _ => None,
-    }
-}
-
 fn platforms_of(index: &Index) -> String {
     let platforms: Vec<String> = index
         .manifests
@@ -347,7 +331,7 @@ impl PullJob {
                 ));
             }
             let index: Index = parse_json(bytes, &name, &what)?;
-            let Some(child) = pick_platform(&index).cloned() else {
+            let Some(child) = index.pick_platform().cloned() else {
                 return Err(ImageError::invalid_image(
                     &name,
                     format!(
@@ -777,9 +761,9 @@ mod tests {
             d
         };
         let index = Index::new(vec![child("linux", "arm64"), child("linux", "amd64")]);
-        assert_eq!(pick_platform(&index), Some(&index.manifests[1]));
+        assert_eq!(index.pick_platform(), Some(&index.manifests[1]));
         let arm = Index::new(vec![child("linux", "arm64"), child("windows", "amd64")]);
-        assert_eq!(pick_platform(&arm), None);
+        assert_eq!(arm.pick_platform(), None);
         assert_eq!(platforms_of(&arm), "linux/arm64, windows/amd64");
     }
 
