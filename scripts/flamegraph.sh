@@ -64,50 +64,14 @@ case "$CALL_GRAPH" in
 esac
 
 # --- load ----------------------------------------------------------------
-scripts/setup.sh
-scripts/build-example-image.sh release >/dev/null
-cargo bench --bench e2e --no-run
-
-BENCH_LOG="$OUT/e2e.log"
-bench_pid=""
-cleanup() {
-    if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
-        kill -- "-$bench_pid" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-# Own process group, so a failure below stops the bench and its vimanad.
-setsid cargo bench --bench e2e -- --streams "$STREAMS" --duration "$DURATION" --rounds 1 \
-    >"$BENCH_LOG" 2>&1 &
-bench_pid=$!
-
-# Newest `vimanad serve` (the bench's), then wait until it burns CPU (the
-# load window, not start-up).
-pid=""
-for _ in $(seq 1 600); do
-    pid=$(pgrep -n -f 'vimanad serve' || true)
-    [ -n "$pid" ] && break
-    kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_LOG" >&2; echo "flamegraph: the bench ended before vimanad started" >&2; exit 1; }
-    sleep 0.2
-done
-[ -n "$pid" ] || { echo "flamegraph: no 'vimanad serve' process after 120 s" >&2; exit 1; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-hz=$(getconf CLK_TCK)
-busy=""
-for _ in $(seq 1 600); do
-    a=$(ticks "$pid"); sleep 0.2; b=$(ticks "$pid")
-    # At least half a core over 0.2 s.
-    if [ $((b - a)) -ge $((hz / 10)) ]; then busy=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-done
-[ -n "$busy" ] || { echo "flamegraph: vimanad (PID $pid) never got busy" >&2; exit 1; }
+TOOL=flamegraph
+# shellcheck source=lib/e2e-load.sh
+. scripts/lib/e2e-load.sh
 
 echo "flamegraph: vimanad PID $pid under load ($STREAMS streams); sampling $event at ${FREQ} Hz for ${PERF_SECONDS}s" >&2
 perf record -e "$event" -F "$FREQ" "${cg[@]}" -o "$OUT/perf.data" -p "$pid" -- sleep "$PERF_SECONDS"
 
-wait "$bench_pid" || echo "flamegraph: the e2e bench exited with an error (see $BENCH_LOG)" >&2
-bench_pid=""
-cat "$BENCH_LOG"
+finish_e2e_load
 
 perf script -i "$OUT/perf.data" >"$OUT/perf.script"
 inferno-collapse-perf <"$OUT/perf.script" >"$OUT/collapsed.txt"
@@ -116,4 +80,4 @@ echo "flamegraph: wrote $SVG ($(wc -l <"$OUT/collapsed.txt") distinct stacks); t
 # Self time per leaf frame, heaviest first.
 awk '{n = $NF; $NF = ""; k = split($0, f, ";"); leaf = f[k]; sub(/ +$/, "", leaf); s[leaf] += n; t += n}
      END {for (l in s) printf "%6.2f%%  %s\n", 100 * s[l] / t, l}' "$OUT/collapsed.txt" |
-    sort -rn | head -15
+    sort -rn | awk 'NR <= 15'

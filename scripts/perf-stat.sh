@@ -53,51 +53,15 @@ if [ "$(cat /proc/sys/kernel/perf_event_paranoid)" -gt 1 ] && [ "$(id -u)" -ne 0
 fi
 
 # --- load ----------------------------------------------------------------
-scripts/setup.sh
-scripts/build-example-image.sh release >/dev/null
-cargo bench --bench e2e --no-run
-
-BENCH_LOG="$OUT/e2e.log"
-bench_pid=""
-cleanup() {
-    if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
-        kill -- "-$bench_pid" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-# Own process group, so a failure below stops the bench and its vimanad.
-setsid cargo bench --bench e2e -- --streams "$STREAMS" --duration "$DURATION" --rounds 1 \
-    >"$BENCH_LOG" 2>&1 &
-bench_pid=$!
-
-# Newest `vimanad serve` (the bench's), then wait until it burns CPU (the
-# load window, not start-up).
-pid=""
-for _ in $(seq 1 600); do
-    pid=$(pgrep -n -f 'vimanad serve' || true)
-    [ -n "$pid" ] && break
-    kill -0 "$bench_pid" 2>/dev/null || { cat "$BENCH_LOG" >&2; echo "perf-stat: the bench ended before vimanad started" >&2; exit 1; }
-    sleep 0.2
-done
-[ -n "$pid" ] || { echo "perf-stat: no 'vimanad serve' process after 120 s" >&2; exit 1; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-hz=$(getconf CLK_TCK)
-busy=""
-for _ in $(seq 1 600); do
-    a=$(ticks "$pid"); sleep 0.2; b=$(ticks "$pid")
-    # At least half a core over 0.2 s.
-    if [ $((b - a)) -ge $((hz / 10)) ]; then busy=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-done
-[ -n "$busy" ] || { echo "perf-stat: vimanad (PID $pid) never got busy" >&2; exit 1; }
+TOOL=perf-stat
+# shellcheck source=lib/e2e-load.sh
+. scripts/lib/e2e-load.sh
 
 echo "perf-stat: vimanad PID $pid under load ($STREAMS streams); counting for ${PERF_SECONDS}s" >&2
 STAT="$OUT/stat.csv"
 perf stat -x, -o "$STAT" -e "$EVENTS" -p "$pid" -- sleep "$PERF_SECONDS"
 
-wait "$bench_pid" || echo "perf-stat: the e2e bench exited with an error (see $BENCH_LOG)" >&2
-bench_pid=""
-cat "$BENCH_LOG"
+finish_e2e_load
 
 # calls/s of the vimanad (HTTP/3) row of the bench's table.
 cps=$(sed -n 's/.*vimanad (HTTP\/3)//p' "$BENCH_LOG" | awk 'NR==1 {print $1}')
