@@ -269,3 +269,18 @@ pub(crate) fn tree_usage(root: &Path) -> Result<(u64, u64), ImageError> {
     }
     Ok((bytes, inodes))
 }
+
+pub fn is_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// Flushes the file system holding `dir`, so the rename that follows
+/// publishes only data that is on disk.
+pub fn syncfs(dir: &Path) -> Result<(), ImageError> {
+    let file = File::open(dir).map_err(io_err("opening", dir))?;
+    // SAFETY: syncfs on a descriptor we own; no memory is passed.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(io_err("syncing", dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use super::error::{io_err, ImageError};
 use super::fsutil::copy_hashed;
 use super::oci::{
-    digest_hex, is_layer_type, parse_json, ConfigFile, Descriptor, Index, Manifest, MAX_JSON_BLOB,
+    digest_hex, parse_json, ConfigFile, Descriptor, Index, Manifest, MAX_JSON_BLOB,
     MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_MANIFEST, WANT_ARCH, WANT_OS,
 };
 
@@ -283,18 +283,7 @@ fn resolve_manifest(
             desc.digest
         )));
     }
-    for layer in &manifest.layers {
-        layer.hex(image)?;
-        if !is_layer_type(&layer.media_type) {
-            return Err(ImageError::invalid_image(
-                image,
-                format!(
-                    "layer {}: unsupported media type {:?}",
-                    layer.digest, layer.media_type
-                ),
-            ));
-        }
-    }
+    super::oci::check_layers(&manifest.layers, image)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ImageError::invalid_image(
             image,

@@ -276,6 +276,24 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ImageError> {
         .map_err(|e| ImageError::InvalidArgument(format!("serializing json: {e}")))
 }
 
+/// Every layer of a manifest names a valid digest and a layer type we can
+/// unpack (gzip or uncompressed tar).
+pub fn check_layers(layers: &[Descriptor], image: &str) -> Result<(), ImageError> {
+    for layer in layers {
+        layer.hex(image)?;
+        if !is_layer_type(&layer.media_type) {
+            return Err(ImageError::invalid_image(
+                image,
+                format!(
+                    "layer {}: unsupported media type {:?} (gzip or uncompressed tar layers only)",
+                    layer.digest, layer.media_type
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

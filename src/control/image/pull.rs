@@ -15,9 +15,8 @@
 //! The network side is async (tokio); file work runs on the blocking pool.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Permissions};
+use std::fs::{self, Permissions};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,9 +33,8 @@ use super::fsutil::{fsync_dir, WorkDir};
 use super::insert::{NewImage, Staging};
 use super::layout::{resolve, BlobDirs, Selected};
 use super::oci::{
-    blob_kind, is_layer_type, parse_json, ConfigFile, Descriptor, Index, Manifest, MAX_JSON_BLOB,
-    MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST, WANT_ARCH,
-    WANT_OS,
+    blob_kind, parse_json, ConfigFile, Descriptor, Index, Manifest, MAX_JSON_BLOB, MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST, WANT_ARCH, WANT_OS,
 };
 use super::reference::Reference;
 use super::registry::{oci_reference, Credentials, Doing, RegistryConfig};
@@ -451,19 +449,7 @@ fn check_manifest(m: &Manifest, desc: &Descriptor, image: &str) -> Result<(), Im
         ));
     }
     cfg.hex(image)?;
-    for layer in &m.layers {
-        layer.hex(image)?;
-        if !is_layer_type(&layer.media_type) {
-            return Err(ImageError::invalid_image(
-                image,
-                format!(
-                    "layer {}: unsupported media type {:?} (gzip or uncompressed tar layers only)",
-                    layer.digest, layer.media_type
-                ),
-            ));
-        }
-    }
-    Ok(())
+    super::oci::check_layers(&m.layers, image)
 }
 
 /// Downloads one blob into staging, verifying size and digest as it is
@@ -649,7 +635,7 @@ fn commit(
         }
     };
     let target = store.rootfs_dir().join(id_hex(resolved.id())?);
-    let unpacked = if is_dir(&target) {
+    let unpacked = if super::fsutil::is_dir(&target) {
         None
     } else {
         let work = {
@@ -664,7 +650,7 @@ fn commit(
             let blob = both.path(layer, image, "layer")?;
             apply_layer(&root, &blob, layer, diff_id, image)?;
         }
-        syncfs(&root)?;
+        super::fsutil::syncfs(&root)?;
         Some((work, root))
     };
     let inserted = store.insert(
@@ -686,26 +672,12 @@ fn commit(
             .load(&store.read_entries()?)
             .iter()
             .any(|l| l.image.id() == stored.id);
-        if !is_dir(&target) && still_there {
+        if !super::fsutil::is_dir(&target) && still_there {
             fs::rename(&root, &target).map_err(io_err("renaming into place", &target))?;
             fsync_dir(&store.rootfs_dir())?;
         }
     }
     Ok(stored)
-}
-
-fn is_dir(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Flushes the file system holding `dir` before the rename that publishes it.
-fn syncfs(dir: &Path) -> Result<(), ImageError> {
-    let file = File::open(dir).map_err(io_err("opening", dir))?;
-    // SAFETY: syncfs on a descriptor we own; no memory is passed.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(io_err("syncing", dir)(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Runs blocking store work off the async executor.

@@ -5,10 +5,9 @@
 //! Owns the lifecycle of a rootfs dir; how one layer is applied safely is in
 //! `unpack.rs`. Removal of unused rootfs dirs is the store's garbage collection.
 
-use std::fs::{self, File, Permissions};
-use std::os::fd::AsRawFd;
+use std::fs::{self, Permissions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::error::{io_err, ImageError};
 use super::fsutil::{fsync_dir, WorkDir};
@@ -25,7 +24,7 @@ impl ImageStore {
     pub fn rootfs(&self, image: &Image) -> Result<PathBuf, ImageError> {
         let hex = id_hex(&image.id)?;
         let target = self.rootfs_dir().join(hex);
-        if is_dir(&target) {
+        if super::fsutil::is_dir(&target) {
             return Ok(target);
         }
         let label = image.repo_tags.first().unwrap_or(&image.id).clone();
@@ -54,9 +53,9 @@ impl ImageStore {
             let blob = blobs.path(layer, &label, "layer")?;
             apply_layer(&root, &blob, layer, diff_id, &label)?;
         }
-        syncfs(&root)?;
+        super::fsutil::syncfs(&root)?;
         let _lock = self.lock_exclusive()?;
-        if is_dir(&target) {
+        if super::fsutil::is_dir(&target) {
             return Ok(target); // another caller finished first; ours is dropped
         }
         let still_there = self
@@ -71,19 +70,4 @@ impl ImageStore {
         tracing::info!(image = %label, path = %target.display(), "unpacked image");
         Ok(target)
     }
-}
-
-fn is_dir(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Flushes the file system holding `dir`, so the rename that follows
-/// publishes only data that is on disk.
-fn syncfs(dir: &Path) -> Result<(), ImageError> {
-    let file = File::open(dir).map_err(io_err("opening", dir))?;
-    // SAFETY: syncfs on a descriptor we own; no memory is passed.
-    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
-        return Err(io_err("syncing", dir)(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
