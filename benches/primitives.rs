@@ -17,6 +17,26 @@
 //! - **RCU publish**: `Publisher::publish(&pool)` (what the control thread
 //!   pays per pod change) at 10 and 1,000 components, against
 //!   `Snapshot::build` alone (built and dropped).
+//! - **gRPC frames**: the shard's message-size limiter
+//!   (`FrameLimiter::feed`, which the upload path calls on every request
+//!   chunk) on a 64-byte message in one chunk, a 1 MiB message in 16 KiB
+//!   chunks, and 64-byte messages whose 5-byte prefixes are all split
+//!   across chunks, against a naive walk of the prefixes over the same
+//!   bytes held contiguous (and, for 1 MiB, a byte sum: the floor of any
+//!   parser that reads the bytes); `parse_timeout` against a bare digit
+//!   loop; `encode_message` against copying the same string.
+//! - **upstream checkout**: what a call pays to get a ready HTTP/2 sender
+//!   from the shard's pool (`Upstreams::follow`, `pick` among 1, 4 or 16
+//!   pods, `key`, `checkout` awaited, `release_key`), against cloning an
+//!   `h2::client::SendRequest` in hand and awaiting `ready()`. Real
+//!   connections: the example component serves on a Unix socket (a tokio
+//!   thread), the pool connects to it from a glommio executor as a shard
+//!   does, and both futures are polled once (a ready checkout never
+//!   yields, so one poll is what a call pays).
+//! - **publication → visible** (a table of its own, see `visibility`):
+//!   the delay from `Publisher::publish` to every other core's spinning
+//!   `Reader::current()` seeing the new generation, against an
+//!   `AtomicU64` store seen by the same spinning loads.
 //!
 //! Each figure is the median over 5 repeats of ns per operation; the ratio
 //! is test / baseline. Timings are printed, never asserted.
@@ -32,7 +52,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use vimanad::pool::{ComponentName, Endpoint, PodId, PodPool, Publisher, Reader, Route, Snapshot};
+use vimanad::shard::bench::{encode_message, key, parse_timeout, FrameLimiter, Upstreams};
 
 const REPEATS: usize = 5;
 
@@ -74,7 +96,10 @@ fn main() {
     route_rows(&config, &mut rows);
     read_rows(&config, &mut rows);
     publish_rows(&config, &mut rows);
+    frame_rows(&config, &mut rows);
+    checkout_rows(&config, &mut rows);
     print(&config, &rows);
+    visibility(&config);
     eprintln!(
         "primitives: {} measurements in {:.1} s",
         rows.len(),
@@ -365,6 +390,340 @@ fn publish_rows(config: &Config, rows: &mut Vec<Row>) {
     }
 }
 
+// ---------------------------------------------------------------- gRPC frames
+
+/// vimanad's default `--max-message-size` (4 MiB).
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// One gRPC length-prefixed message: flag 0, big-endian length, `len` bytes.
+fn grpc_message(len: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(5 + len);
+    m.push(0);
+    m.extend_from_slice(&(len as u32).to_be_bytes());
+    m.extend((0..len).map(|i| i as u8));
+    m
+}
+
+/// The naive parser: walks the prefixes of whole messages held in one
+/// contiguous buffer, refusing one over `max` (what `FrameLimiter` does
+/// without having to follow chunk boundaries).
+fn naive_walk(mut buf: &[u8], max: usize) -> Result<(), usize> {
+    while !buf.is_empty() {
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > max {
+            return Err(len);
+        }
+        buf = &buf[5 + len..];
+    }
+    Ok(())
+}
+
+/// Feeds every chunk to `limiter`, as the upload path does.
+fn feed_all(limiter: &mut FrameLimiter, chunks: &[&[u8]]) {
+    for chunk in chunks {
+        limiter.feed(black_box(chunk)).expect("under the limit");
+    }
+}
+
+fn frame_rows(config: &Config, rows: &mut Vec<Row>) {
+    // A 64-byte message arriving in one chunk (a unary call's request).
+    let small = grpc_message(64);
+    let mut limiter = FrameLimiter::new(MAX_MESSAGE);
+    let (t, b) = side_by_side(
+        config,
+        |w| {
+            ns_per_op(w, || {
+                limiter.feed(black_box(&small)).expect("under the limit");
+            })
+        },
+        |w| {
+            ns_per_op(w, || {
+                naive_walk(black_box(&small), MAX_MESSAGE).expect("under the limit");
+            })
+        },
+    );
+    rows.push(Row {
+        group: "gRPC frames",
+        test: "FrameLimiter::feed, 64 B message in 1 chunk".into(),
+        test_ns: t,
+        baseline: "naive prefix walk, contiguous".into(),
+        baseline_ns: b,
+    });
+
+    // A 1 MiB message in 16 KiB chunks (65 feeds, the last one 5 bytes).
+    let large = grpc_message(1 << 20);
+    let chunks: Vec<&[u8]> = large.chunks(16 << 10).collect();
+    let mut limiter = FrameLimiter::new(MAX_MESSAGE);
+    let mut feed_large = |w| ns_per_op(w, || feed_all(&mut limiter, &chunks));
+    let (t, b) = side_by_side(config, &mut feed_large, |w| {
+        ns_per_op(w, || {
+            naive_walk(black_box(&large), MAX_MESSAGE).expect("under the limit");
+        })
+    });
+    rows.push(Row {
+        group: "gRPC frames",
+        test: format!(
+            "FrameLimiter::feed, 1 MiB message in {} chunks",
+            chunks.len()
+        ),
+        test_ns: t,
+        baseline: "naive prefix walk, contiguous".into(),
+        baseline_ns: b,
+    });
+    let (t, b) = side_by_side(config, &mut feed_large, |w| {
+        ns_per_op(w, || {
+            let sum = black_box(&large[..])
+                .iter()
+                .fold(0u64, |sum, &byte| sum.wrapping_add(byte as u64));
+            black_box(sum);
+        })
+    });
+    rows.push(Row {
+        group: "gRPC frames",
+        test: format!(
+            "FrameLimiter::feed, 1 MiB message in {} chunks",
+            chunks.len()
+        ),
+        test_ns: t,
+        baseline: "byte sum of the same 1 MiB (floor)".into(),
+        baseline_ns: b,
+    });
+
+    // 64 messages of 64 bytes cut so that every 5-byte prefix is split 2 + 3
+    // across two chunks (a stream's messages straddling QUIC packets, at
+    // worst); figures per message.
+    const MESSAGES: usize = 64;
+    let stream: Vec<u8> = (0..MESSAGES).flat_map(|_| grpc_message(64)).collect();
+    let mut cuts: Vec<usize> = (0..MESSAGES).map(|i| i * 69 + 2).collect();
+    cuts.push(stream.len());
+    let mut split = Vec::with_capacity(cuts.len());
+    let mut start = 0;
+    for cut in cuts {
+        split.push(&stream[start..cut]);
+        start = cut;
+    }
+    let mut limiter = FrameLimiter::new(MAX_MESSAGE);
+    let (t, b) = side_by_side(
+        config,
+        |w| ns_per_op(w, || feed_all(&mut limiter, &split)) / MESSAGES as f64,
+        |w| {
+            ns_per_op(w, || {
+                naive_walk(black_box(&stream), MAX_MESSAGE).expect("under the limit");
+            }) / MESSAGES as f64
+        },
+    );
+    rows.push(Row {
+        group: "gRPC frames",
+        test: "FrameLimiter::feed, 64 B messages, prefixes split 2+3 (per msg)".into(),
+        test_ns: t,
+        baseline: "naive prefix walk, contiguous (per msg)".into(),
+        baseline_ns: b,
+    });
+
+    // grpc-timeout values as clients send them (grpc-go: 8 digits of u or n).
+    let timeouts: [&[u8]; 4] = [b"100m", b"9999965u", b"30S", b"4999999n"];
+    for t in timeouts {
+        assert!(parse_timeout(t).is_some(), "{t:?}");
+    }
+    let (t, b) = side_by_side(
+        config,
+        |w| {
+            let mut i = 0;
+            ns_per_op(w, || {
+                i = (i + 1) % timeouts.len();
+                black_box(parse_timeout(black_box(timeouts[i])));
+            })
+        },
+        |w| {
+            let mut i = 0;
+            ns_per_op(w, || {
+                i = (i + 1) % timeouts.len();
+                let (_, digits) = black_box(timeouts[i]).split_last().expect("a unit");
+                let n = digits
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                black_box(n);
+            })
+        },
+    );
+    rows.push(Row {
+        group: "gRPC frames",
+        test: "parse_timeout (100m, 9999965u, 30S, 4999999n)".into(),
+        test_ns: t,
+        baseline: "bare digit loop, no checks".into(),
+        baseline_ns: b,
+    });
+
+    // A grpc-message the shard sends (ASCII, as all of its own are).
+    let message = "domain \"tenant7.example.com\" has no service \"pkg.v1.Service3\"";
+    let (t, b) = side_by_side(
+        config,
+        |w| {
+            ns_per_op(w, || {
+                black_box(encode_message(black_box(message)));
+            })
+        },
+        |w| {
+            ns_per_op(w, || {
+                black_box(black_box(message).to_owned());
+            })
+        },
+    );
+    rows.push(Row {
+        group: "gRPC frames",
+        test: format!("encode_message, {} ASCII bytes", message.len()),
+        test_ns: t,
+        baseline: "str::to_owned of the same".into(),
+        baseline_ns: b,
+    });
+}
+
+// ---------------------------------------------------------------- upstream checkout
+
+/// Runs the example component on a Unix socket in a tokio thread of its
+/// own (as a component process would be); stops it when dropped.
+struct Component {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Component {
+    fn start() -> Component {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let socket = dir.path().join("grpc.sock");
+        let address = vimana_example::Address::Unix(socket.clone());
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let server = vimana_example::spawn(&address, Default::default());
+                let bound = server.as_ref().map(|_| ()).map_err(|e| e.to_string());
+                bound_tx.send(bound).expect("bench waits");
+                let _ = stopped.await;
+                if let Ok(server) = server {
+                    let _ = server.shutdown().await;
+                }
+            });
+        });
+        bound_rx
+            .recv()
+            .expect("component thread")
+            .expect("example component binds its socket");
+        Component {
+            _dir: dir,
+            socket,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A snapshot of one component with `pods` running pods, all served by
+/// the example component's socket (each pod is its own pool key, so the
+/// pool opens one connection per pod, as it would to `pods` sockets).
+fn checkout_snapshot(pods: usize, socket: &std::path::Path) -> Snapshot {
+    let mut pool = PodPool::default();
+    let component =
+        ComponentName::new("example.com", "vimana.example.v1.Echo", "1.0.0").expect("valid name");
+    for ordinal in 0..pods {
+        let id = PodId::new(component.clone(), ordinal as u64);
+        pool.insert_pod(&id);
+        pool.set_running(&id, socket.to_path_buf(), 1);
+    }
+    Snapshot::build(&pool, 1)
+}
+
+fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {
+    let component = Component::start();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("primitives-shard")
+        .make()
+        .expect("glommio executor (io_uring; as root, or with RLIMIT_MEMLOCK raised)");
+    executor.run(async {
+        for pods in [1, 4, 16] {
+            let snapshot = checkout_snapshot(pods, &component.socket);
+            let endpoints = match snapshot.route("example.com", "vimana.example.v1.Echo", None) {
+                Route::Serve(version) => &version.endpoints[..],
+                other => panic!("not served: {other:?}"),
+            };
+            assert_eq!(endpoints.len(), pods);
+            let upstreams = Upstreams::default();
+            upstreams.follow(&snapshot);
+            // Open every connection (as the first calls would), and keep a
+            // sender on the first for the baseline: the same connection.
+            let mut baseline_sender = None;
+            for endpoint in endpoints {
+                let sender = upstreams
+                    .checkout(endpoint)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e}", endpoint.socket.display()));
+                upstreams.release_key(key(endpoint));
+                baseline_sender.get_or_insert(sender);
+            }
+            let sender = baseline_sender.expect("one pod at least");
+            // Let the connection tasks take the component's SETTINGS.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+
+            let (t, b) = side_by_side(
+                config,
+                |w| {
+                    ns_per_op(w, || {
+                        // What call.rs does before sending the request.
+                        upstreams.follow(black_box(&snapshot));
+                        let endpoint = upstreams.pick(black_box(endpoints));
+                        let key = key(endpoint);
+                        let ready = upstreams
+                            .checkout(endpoint)
+                            .now_or_never()
+                            .expect("a ready checkout never yields")
+                            .expect("connection alive");
+                        black_box(&ready);
+                        upstreams.release_key(key);
+                    })
+                },
+                |w| {
+                    ns_per_op(w, || {
+                        let ready = black_box(&sender)
+                            .clone()
+                            .ready()
+                            .now_or_never()
+                            .expect("a ready sender never yields")
+                            .expect("connection alive");
+                        black_box(&ready);
+                    })
+                },
+            );
+            rows.push(Row {
+                group: "upstream",
+                test: format!(
+                    "follow + pick + checkout + release, {pods} pod{}",
+                    if pods == 1 { "" } else { "s" }
+                ),
+                test_ns: t,
+                baseline: "SendRequest::clone + ready".into(),
+                baseline_ns: b,
+            });
+        }
+    });
+}
+
 // ---------------------------------------------------------------- output
 
 fn fmt_ns(ns: f64) -> String {
@@ -377,6 +736,15 @@ fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// Two significant digits at least: a floor baseline can be 1000x slower.
+fn fmt_ratio(ratio: f64) -> String {
+    if ratio >= 0.01 {
+        format!("{ratio:.2}")
+    } else {
+        format!("{ratio:.5}")
+    }
+}
+
 fn print(config: &Config, rows: &[Row]) {
     if config.markdown {
         println!(
@@ -385,26 +753,256 @@ fn print(config: &Config, rows: &[Row]) {
         println!("|---|---:|---|---:|---:|");
         for r in rows {
             println!(
-                "| {}: {} | {} | {} | {} | {:.2}× |",
+                "| {}: {} | {} | {} | {} | {}× |",
                 r.group,
                 r.test,
                 fmt_ns(r.test_ns),
                 r.baseline,
                 fmt_ns(r.baseline_ns),
-                r.test_ns / r.baseline_ns
+                fmt_ratio(r.test_ns / r.baseline_ns)
             );
         }
     } else {
         for r in rows {
             println!(
-                "{:<12} {:<58} {:>10} ns   vs {:<40} {:>10} ns   ratio {:>6.2}x",
+                "{:<12} {:<66} {:>10} ns   vs {:<42} {:>10} ns   ratio {:>7}x",
                 r.group,
                 r.test,
                 fmt_ns(r.test_ns),
                 r.baseline,
                 fmt_ns(r.baseline_ns),
-                r.test_ns / r.baseline_ns
+                fmt_ratio(r.test_ns / r.baseline_ns)
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- publication → visible
+
+/// Publication to visible: how long after the control thread publishes
+/// does every reader (one per other core, pinned, spinning on
+/// `Reader::current()` as a busy shard would call it) see the new
+/// generation? Beside the floor: a plain `AtomicU64` store seen by the
+/// same spinning loads. The writer (pinned to the first core) publishes
+/// every 200 µs; the two alternate in 5 blocks. Reported per publication
+/// as the latest reader's delay, from the call's return (the commit point)
+/// and from its start (which includes `Snapshot::build`); `current()`
+/// returning includes reading the cell and dropping the reader's previous
+/// snapshot, as on a shard's first call after a publication; a third row
+/// keeps the old snapshots alive, leaving out that free.
+fn visibility(config: &Config) {
+    let quick = config.budget < Duration::from_millis(500);
+    let per_block = if quick { 10 } else { 400 };
+    let gap = Duration::from_micros(200);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let readers = cores.len().saturating_sub(1).max(1);
+    let mut rows = Vec::new();
+    for n in [10, 1_000] {
+        let (pool, _) = pool_of(n);
+        let publisher = Publisher::new();
+        publisher.publish(&pool);
+        let floor = std::sync::atomic::AtomicU64::new(0);
+        let (mut test, mut kept, mut base) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            test.extend(visibility_block(
+                &cores,
+                readers,
+                per_block,
+                gap,
+                || publisher.publish(&pool),
+                || {
+                    let mut r = publisher.reader();
+                    move || r.current().generation()
+                },
+            ));
+            // The same, but the reader keeps every snapshot it saw, so the
+            // previous one is not freed inside `current()`: what is left
+            // is reading the cell.
+            kept.extend(visibility_block(
+                &cores,
+                readers,
+                per_block,
+                gap,
+                || publisher.publish(&pool),
+                || {
+                    let mut r = publisher.reader();
+                    let mut seen: Vec<Arc<Snapshot>> = Vec::with_capacity(per_block + 1);
+                    move || {
+                        let s = r.current();
+                        let g = s.generation();
+                        if seen.last().is_none_or(|k| k.generation() != g) {
+                            seen.push(Arc::clone(s));
+                        }
+                        g
+                    }
+                },
+            ));
+            base.extend(visibility_block(
+                &cores,
+                readers,
+                per_block,
+                gap,
+                || {
+                    let g = floor.load(std::sync::atomic::Ordering::Relaxed) + 1;
+                    floor.store(g, std::sync::atomic::Ordering::Release);
+                    g
+                },
+                || {
+                    let floor = &floor;
+                    move || floor.load(std::sync::atomic::Ordering::Acquire)
+                },
+            ));
+        }
+        rows.push((format!("Publisher::publish, {n} components"), test));
+        rows.push((
+            format!("Publisher::publish, {n} components, reader keeps old snapshots (no free)"),
+            kept,
+        ));
+        rows.push((
+            format!("baseline: AtomicU64::store ({n}-component row's floor)"),
+            base,
+        ));
+    }
+    let header = [
+        "publication",
+        "publications",
+        "call, median ns",
+        "return → seen by every reader: median / p90 / p99 / max ns",
+        "start → seen by every reader: median / p90 / p99 / max ns",
+    ];
+    let pct = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        (at(50.0), at(90.0), at(99.0), v[v.len() - 1])
+    };
+    let four = |(a, b, c, d): (f64, f64, f64, f64)| {
+        format!(
+            "{} / {} / {} / {}",
+            fmt_ns(a),
+            fmt_ns(b),
+            fmt_ns(c),
+            fmt_ns(d)
+        )
+    };
+    let cells: Vec<[String; 5]> = rows
+        .into_iter()
+        .map(|(label, samples)| {
+            let call = pct(samples.iter().map(|s| s.0).collect()).0;
+            [
+                label,
+                samples.len().to_string(),
+                fmt_ns(call),
+                four(pct(samples.iter().map(|s| s.1).collect())),
+                four(pct(samples.iter().map(|s| s.2).collect())),
+            ]
+        })
+        .collect();
+    println!(
+        "\nPublication → visible on every reader ({readers} reader thread(s), pinned; signed: \
+         a reader may see the generation before the call returns)"
+    );
+    if config.markdown {
+        println!("\n| {} |\n|---|---:|---:|---:|---:|", header.join(" | "));
+        for c in &cells {
+            println!("| {} |", c.join(" | "));
+        }
+    } else {
+        for c in &cells {
+            println!(
+                "{:<52} {:>6} {:>10}   {:>34}   {:>34}",
+                c[0], c[1], c[2], c[3], c[4]
+            );
+        }
+        println!("(columns: {})", header[1..].join("; "));
+    }
+}
+
+/// One block: `readers` threads spin on `watch()` (pinned to cores 1..),
+/// the calling thread (pinned to core 0) runs `publish()` `count` times,
+/// `gap` apart. Per publication: (call ns, return → seen by the latest
+/// reader ns, start → seen ns).
+fn visibility_block<P, W, R>(
+    cores: &[core_affinity::CoreId],
+    readers: usize,
+    count: usize,
+    gap: Duration,
+    mut publish: P,
+    make_watch: W,
+) -> Vec<(f64, f64, f64)>
+where
+    P: FnMut() -> u64,
+    W: Fn() -> R + Sync,
+    R: FnMut() -> u64,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let barrier = Barrier::new(readers + 1);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let spinners: Vec<_> = (0..readers)
+            .map(|i| {
+                let (barrier, stop, make_watch) = (&barrier, &stop, &make_watch);
+                s.spawn(move || {
+                    if let Some(core) = cores.get(1 + i) {
+                        core_affinity::set_for_current(*core);
+                    }
+                    let mut watch = make_watch();
+                    let mut last = watch();
+                    let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(count + 1);
+                    barrier.wait();
+                    while !stop.load(Ordering::Relaxed) {
+                        let g = watch();
+                        if g != last {
+                            seen.push((g, Instant::now()));
+                            last = g;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        if let Some(core) = cores.first() {
+            core_affinity::set_for_current(*core);
+        }
+        barrier.wait();
+        let mut published = Vec::with_capacity(count);
+        for _ in 0..count {
+            let resume = Instant::now() + gap;
+            while Instant::now() < resume {
+                std::hint::spin_loop();
+            }
+            let start = Instant::now();
+            let generation = publish();
+            published.push((generation, start, Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        stop.store(true, Ordering::Relaxed);
+        let seen: Vec<Vec<(u64, Instant)>> =
+            spinners.into_iter().map(|h| h.join().unwrap()).collect();
+        let signed = |a: Instant, b: Instant| match a >= b {
+            true => (a - b).as_nanos() as f64,
+            false => -((b - a).as_nanos() as f64),
+        };
+        published
+            .into_iter()
+            .map(|(generation, start, end)| {
+                // The latest reader's first sight of this generation or a
+                // later one (a reader may skip a generation).
+                let last_seen = seen
+                    .iter()
+                    .map(|s| {
+                        s.iter()
+                            .find(|(g, _)| *g >= generation)
+                            .expect("never seen")
+                            .1
+                    })
+                    .max()
+                    .unwrap();
+                (
+                    signed(end, start),
+                    signed(last_seen, end),
+                    signed(last_seen, start),
+                )
+            })
+            .collect()
+    })
 }

@@ -14,6 +14,15 @@ mod stream;
 pub mod tls;
 mod upstream;
 
+/// For `benches/primitives.rs` only (benches link the library as an outside
+/// crate): the shard primitives it measures, re-exported unchanged. Not an
+/// interface; nothing else may use it.
+#[doc(hidden)]
+pub mod bench {
+    pub use super::grpc::{encode_message, parse_timeout, FrameLimiter};
+    pub use super::upstream::{key, Upstreams};
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
