@@ -111,6 +111,12 @@ struct ServeArgs {
     /// HTTP; repeatable. Every other registry, loopback included, is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// Benchmarks only (hidden from --help): the control thread rebuilds
+    /// and publishes the pod pool's routing snapshot at this interval, as a
+    /// stream of pod changes would, so the data plane can be measured while
+    /// publications land (benches/capacity.rs). Never use it in production.
+    #[arg(long, hide = true, value_parser = cli::parse_duration)]
+    republish_every: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -263,6 +269,10 @@ fn init_logging(format: &str) {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
+    anyhow::ensure!(
+        args.republish_every.is_none_or(|every| !every.is_zero()),
+        "--republish-every must be longer than zero"
+    );
     let publisher = vimanad::pool::Publisher::new();
     let data_plane = shard::Config {
         listen: args.listen,
@@ -290,6 +300,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         runtime_handler: args.runtime_handler,
         cgroup_parent: args.cgroup_parent,
         insecure_registries: args.insecure_registry,
+        republish_every: args.republish_every,
     };
     // The control thread: one tokio runtime on one thread (SPEC.md §2).
     let control = std::thread::Builder::new()

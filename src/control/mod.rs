@@ -38,6 +38,10 @@ pub async fn serve(
     let listener = bind_socket(&socket)?;
     let runtime = Runtime::new(config, publisher)?;
     runtime.recover()?;
+    if let Some(every) = runtime.config.republish_every {
+        // Benchmarks only: see `Runtime::republish_every`.
+        tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
+    }
     let cri = cri::Cri::new(Arc::clone(&runtime));
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

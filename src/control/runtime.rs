@@ -38,6 +38,10 @@ pub struct Config {
     /// Registries (`HOST[:PORT]`) pulled from over plain HTTP; every other
     /// registry, loopback included, is reached over HTTPS.
     pub insecure_registries: Vec<String>,
+    /// Benchmarks only (`serve --republish-every`, hidden): publish the pod
+    /// pool again at this interval although nothing changed. `None` (the
+    /// default) publishes only on changes.
+    pub republish_every: Option<Duration>,
 }
 
 pub struct Runtime {
@@ -95,6 +99,39 @@ impl Runtime {
     pub fn publish(&self, store: &Store) {
         let generation = self.publisher.publish(&store.pool);
         tracing::debug!(generation, "pod pool published");
+    }
+
+    /// Benchmarks only (`serve --republish-every`): rebuilds and publishes
+    /// the pod pool every `every`, exactly as a pod change would (store
+    /// lock, `Snapshot::build`, publication), until the runtime is dropped.
+    /// A tick missed while the thread was busy (or the process stopped) is
+    /// skipped, not caught up in a burst. Logs the rate achieved once a
+    /// second, so a benchmark can check it.
+    pub(crate) async fn republish_every(runtime: std::sync::Weak<Self>, every: Duration) {
+        tracing::warn!(
+            ?every,
+            "republishing the pod pool periodically (--republish-every: for benchmarks only)"
+        );
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut count, mut since) = (0u64, std::time::Instant::now());
+        loop {
+            ticks.tick().await;
+            let Some(runtime) = runtime.upgrade() else {
+                return;
+            };
+            runtime.publish(&runtime.store());
+            count += 1;
+            let elapsed = since.elapsed();
+            if elapsed >= Duration::from_secs(1) {
+                tracing::info!(
+                    count,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "republished the pod pool (--republish-every)"
+                );
+                (count, since) = (0, std::time::Instant::now());
+            }
+        }
     }
 
     /// Writes the pod's record (or its absence) to the state database.
