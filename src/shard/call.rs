@@ -30,7 +30,7 @@ pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, call: NewCall) {
         }
         respond(&io, &error);
     }
-    shard.drive(&conn).await;
+    shard.wake(&conn);
 }
 
 fn respond(io: &SharedStream, error: &CallError) {
@@ -263,7 +263,7 @@ async fn upload_body(
         let was_full = !io.borrow().inbox_has_room();
         let inbound = stream::recv(io).await;
         if was_full || io.borrow().body_pending {
-            shard.drive(conn).await; // room again: let quiche hand over more
+            shard.wake(conn); // room again: let quiche hand over more
         }
         let mut data = match inbound {
             Inbound::Data(data) => data,
@@ -323,7 +323,7 @@ async fn download(
         s.out_headers_fin = body.is_end_stream();
         s.out_headers = Some(out);
     }
-    shard.drive(conn).await;
+    shard.wake(conn);
     if body.is_end_stream() {
         return Ok(()); // trailers-only
     }
@@ -336,7 +336,7 @@ async fn download(
             s.outbox_bytes += len;
             s.outbox.push_back(chunk);
         }
-        shard.drive(conn).await;
+        shard.wake(conn);
         if !stream::writable(io).await {
             return Err(CallError::Cancelled);
         }
@@ -350,7 +350,7 @@ async fn download(
         ))),
     }
     io.borrow_mut().out_trailers = Some(out);
-    shard.drive(conn).await;
+    shard.wake(conn);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiche::h3;
@@ -20,11 +21,21 @@ use super::stream::{SharedStream, StreamIo};
 const H3_NO_ERROR: u64 = 0x100;
 /// H3_REQUEST_CANCELLED: a stream the shard could not take.
 const H3_REQUEST_CANCELLED: u64 = 0x10c;
+/// How long a connection's acknowledgement of new requests may wait for
+/// their first response bytes to ride along. Far under the 25 ms
+/// max_ack_delay we advertise, so peers see no loss.
+/// The least credit worth a body write (see [`worth_writing`]).
+const MIN_BODY_WRITE: usize = 64;
+const ACK_HOLD: Duration = Duration::from_millis(1);
 
 pub struct Conn {
     pub inner: RefCell<ConnInner>,
     /// Wakes the connection's timer task when its timeout may have changed.
     pub signal: Signal,
+    /// Waiting in the shard's flush queue.
+    pub queued: Cell<bool>,
+    /// Output held back until then (see [`Conn::hold`]).
+    hold_until: Cell<Option<Instant>>,
 }
 
 pub struct ConnInner {
@@ -33,6 +44,8 @@ pub struct ConnInner {
     pub streams: HashMap<u64, SharedStream>,
     /// A graceful close has begun: no new calls.
     pub draining: bool,
+    /// Calls wrote to quiche since the last send.
+    pub wrote: bool,
 }
 
 /// A call to start: the stream's headers, and its I/O.
@@ -49,8 +62,11 @@ impl Conn {
                 h3: None,
                 streams: HashMap::new(),
                 draining: false,
+                wrote: false,
             }),
             signal: Signal::default(),
+            queued: Cell::new(false),
+            hold_until: Cell::new(None),
         })
     }
 
@@ -64,6 +80,7 @@ impl Conn {
             h3,
             streams,
             draining,
+            wrote,
         } = &mut *inner;
         if quic.is_closed() {
             for io in streams.values() {
@@ -74,7 +91,10 @@ impl Conn {
         }
         if h3.is_none() && (quic.is_established() || quic.is_in_early_data()) {
             match h3::Connection::with_transport(quic, &shard.h3_config) {
-                Ok(conn) => *h3 = Some(conn),
+                Ok(conn) => {
+                    *h3 = Some(conn);
+                    *wrote = true; // SETTINGS
+                }
                 Err(e) => {
                     tracing::debug!(shard = shard.index, error = %e, "HTTP/3 setup failed");
                     let _ = quic.close(true, 0x101, b"h3 setup failed");
@@ -175,8 +195,9 @@ impl Conn {
 
         streams.retain(|&stream_id, io| {
             let mut io = io.borrow_mut();
-            if io.has_output() {
+            if io.has_output() && worth_writing(quic, stream_id, &io) {
                 write_output(h3, quic, stream_id, &mut io);
+                *wrote = true;
             }
             if io.finished && !io.request_fin {
                 // Answered before the request ended (an error): the rest
@@ -191,13 +212,55 @@ impl Conn {
         new_calls
     }
 
+    /// Whether to keep this connection's output back for now. After new
+    /// requests arrive, quiche would send a datagram with nothing but their
+    /// acknowledgement; holding it until a call writes (or [`ACK_HOLD`]
+    /// passes) lets the acknowledgement ride with the response: one
+    /// datagram per unary call instead of two. Only new calls start a
+    /// hold, only on an established connection with nothing else written.
+    pub fn hold(&self, started_calls: bool, now: Instant) -> bool {
+        let inner = self.inner.borrow();
+        match self.hold_until.get() {
+            Some(until) if !inner.wrote && now < until => true,
+            Some(_) => {
+                self.hold_until.set(None);
+                false
+            }
+            None if started_calls
+                && !inner.wrote
+                && !inner.draining
+                && inner.quic.is_established() =>
+            {
+                self.hold_until.set(Some(now + ACK_HOLD));
+                self.signal.notify(); // the timer ends the hold
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When a hold ends at the latest.
+    pub fn hold_until(&self) -> Option<Instant> {
+        self.hold_until.get()
+    }
+
+    /// Output is going out: forget what was written.
+    pub fn sent(&self) {
+        self.inner.borrow_mut().wrote = false;
+    }
+
     /// Starts a graceful close: HTTP/3 GOAWAY, no new calls.
     pub fn drain(&self) {
         let mut inner = self.inner.borrow_mut();
         let ConnInner {
-            quic, h3, draining, ..
+            quic,
+            h3,
+            draining,
+            wrote,
+            ..
         } = &mut *inner;
         *draining = true;
+        *wrote = true;
         if let Some(h3) = h3 {
             let _ = h3.send_goaway(quic, 0);
         }
@@ -209,6 +272,18 @@ impl Conn {
 
     pub fn stream_count(&self) -> usize {
         self.inner.borrow().streams.len()
+    }
+}
+
+/// Whether the stream has the credit for a write. One that falls short
+/// makes quiche announce the block again (DATA_BLOCKED), which a client
+/// that does not read acknowledges, and its acknowledgement brings us
+/// back here: a ping-pong as fast as the loopback. Below
+/// [`MIN_BODY_WRITE`] bytes only headers and trailers are tried.
+fn worth_writing(quic: &mut quiche::Connection, stream_id: u64, io: &StreamIo) -> bool {
+    match quic.stream_capacity(stream_id) {
+        Ok(credit) => credit >= MIN_BODY_WRITE || (io.outbox.is_empty() && credit > 0),
+        Err(_) => true, // the write reports it
     }
 }
 

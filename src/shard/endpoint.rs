@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,8 @@ use quiche::ConnectionId;
 use ring::hmac;
 
 use super::call;
-use super::conn::Conn;
+use super::conn::{Conn, Signal};
+use super::udp::{self, RecvBatch};
 use super::upstream::Upstreams;
 use super::Settings;
 use crate::pool::Reader;
@@ -26,6 +28,9 @@ use crate::pool::Reader;
 const CONN_ID_LEN: usize = quiche::MAX_CONN_ID_LEN;
 const MAX_DATAGRAM: usize = super::MAX_DATAGRAM;
 const RETRY_TOKEN_LIFETIME_SECS: u64 = 30;
+/// Batches of datagrams taken per wake-up before the other tasks (calls,
+/// the flusher) get a turn.
+const RECV_BATCHES_PER_TURN: usize = 4;
 
 pub struct Shard {
     pub index: usize,
@@ -40,6 +45,13 @@ pub struct Shard {
     pub settings: Settings,
     pub stats: Stats,
     draining: Cell<bool>,
+    /// Connections with news for quiche or output to send, in wake order;
+    /// the flusher serves them once the tasks ahead of it have run, so a
+    /// call's headers, messages and trailers leave in one flush.
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    flush_due: Signal,
+    /// Whether the kernel segments our batched sends (UDP GSO).
+    gso: Cell<bool>,
 }
 
 /// Per-shard counters (plain cells: only this core writes them).
@@ -50,9 +62,8 @@ pub struct Stats {
     pub errors: Cell<u64>,
 }
 
-enum Incoming {
-    /// Handled by this connection; it may have output.
-    Conn(Rc<Conn>),
+/// Why a datagram found no connection.
+enum Refused {
     /// A stateless answer (version negotiation, retry).
     Reply(Vec<u8>),
     Drop,
@@ -83,34 +94,58 @@ impl Shard {
             settings,
             stats: Stats::default(),
             draining: Cell::new(false),
+            dirty: RefCell::new(Vec::new()),
+            flush_due: Signal::default(),
+            gso: Cell::new(true),
         }))
     }
 
-    /// Receives datagrams until the socket fails.
+    /// Receives datagrams until the shard stops: waits for the first through
+    /// io_uring, then takes what else is queued in batches.
     pub async fn run(self: Rc<Self>) {
-        let mut buf = vec![0u8; 65_535];
+        // Cancelled with this task when the shard stops.
+        let _flusher = glommio::spawn_local(Rc::clone(&self).flusher());
+        let fd = self.socket.as_raw_fd();
+        let mut first = vec![0u8; 65_535];
+        let mut batch = RecvBatch::new();
         loop {
-            let (len, from) = match self.socket.recv_from(&mut buf).await {
-                Ok(r) => r,
+            match self.socket.recv_from(&mut first).await {
+                Ok((len, from)) => self.on_datagram(&mut first[..len], from),
                 Err(e) => {
                     tracing::warn!(shard = self.index, error = %e, "UDP receive failed");
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
-            };
-            match self.on_datagram(&mut buf[..len], from) {
-                Incoming::Conn(conn) => self.drive(&conn).await,
-                Incoming::Reply(packet) => {
-                    let _ = self.socket.send_to(&packet, from).await;
+            }
+            let mut more = false;
+            for _ in 0..RECV_BATCHES_PER_TURN {
+                let n = match batch.recv(fd) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(shard = self.index, error = %e, "UDP batch receive failed");
+                        0
+                    }
+                };
+                for i in 0..n {
+                    if let Some((datagram, from)) = batch.datagram(i) {
+                        self.on_datagram(datagram, from);
+                    }
                 }
-                Incoming::Drop => {}
+                more = n == udp::RECV_BATCH;
+                if !more {
+                    break;
+                }
+            }
+            if more {
+                // Still arriving: let the calls and the flusher run first.
+                glommio::executor().yield_now().await;
             }
         }
     }
 
-    fn on_datagram(self: &Rc<Self>, buf: &mut [u8], from: SocketAddr) -> Incoming {
+    fn on_datagram(self: &Rc<Self>, buf: &mut [u8], from: SocketAddr) {
         let Ok(header) = quiche::Header::from_slice(buf, CONN_ID_LEN) else {
-            return Incoming::Drop; // not QUIC: ignore, never answer
+            return; // not QUIC: ignore, never answer
         };
         let conn = {
             let conns = self.conns.borrow();
@@ -123,7 +158,12 @@ impl Shard {
             Some(conn) => conn,
             None => match self.accept(&header, from) {
                 Ok(conn) => conn,
-                Err(incoming) => return incoming,
+                Err(Refused::Reply(packet)) => {
+                    // Best effort: a client that misses it sends again.
+                    let _ = udp::send(self.fd(), &packet, packet.len(), from, false);
+                    return;
+                }
+                Err(Refused::Drop) => return,
             },
         };
         let info = quiche::RecvInfo {
@@ -136,27 +176,31 @@ impl Shard {
             // carries on (or closes itself with the protocol's error).
             tracing::trace!(shard = self.index, error = %e, "packet rejected");
         }
-        Incoming::Conn(conn)
+        self.wake(&conn);
+    }
+
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
     }
 
     fn accept(
         self: &Rc<Self>,
         header: &quiche::Header<'_>,
         from: SocketAddr,
-    ) -> Result<Rc<Conn>, Incoming> {
+    ) -> Result<Rc<Conn>, Refused> {
         if header.ty != quiche::Type::Initial || self.draining.get() {
-            return Err(Incoming::Drop);
+            return Err(Refused::Drop);
         }
         let mut out = vec![0u8; MAX_DATAGRAM];
         if !quiche::version_is_supported(header.version) {
             let len = quiche::negotiate_version(&header.scid, &header.dcid, &mut out)
-                .map_err(|_| Incoming::Drop)?;
+                .map_err(|_| Refused::Drop)?;
             out.truncate(len);
-            return Err(Incoming::Reply(out));
+            return Err(Refused::Reply(out));
         }
         let count = self.conns.borrow().len();
         if count >= self.settings.max_connections {
-            return Err(Incoming::Drop);
+            return Err(Refused::Drop);
         }
         let mut scid = ConnectionId::from_vec(self.conn_id_for(&header.dcid));
         // Address validation once the shard is busy: a Retry costs the
@@ -174,9 +218,9 @@ impl Shard {
                         header.version,
                         &mut out,
                     )
-                    .map_err(|_| Incoming::Drop)?;
+                    .map_err(|_| Refused::Drop)?;
                     out.truncate(len);
-                    return Err(Incoming::Reply(out));
+                    return Err(Refused::Reply(out));
                 }
                 Some(token) => match self.validate_token(token, from) {
                     Some(id) => {
@@ -185,14 +229,14 @@ impl Shard {
                         // gave it there.
                         scid = header.dcid.clone().into_owned();
                     }
-                    None => return Err(Incoming::Drop),
+                    None => return Err(Refused::Drop),
                 },
             }
         }
         let quic = {
             let mut config = self.quic_config.borrow_mut();
             quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut config)
-                .map_err(|_| Incoming::Drop)?
+                .map_err(|_| Refused::Drop)?
         };
         let conn = Conn::new(quic);
         self.conns.borrow_mut().insert(scid, Rc::clone(&conn));
@@ -234,24 +278,60 @@ impl Shard {
         Some(ConnectionId::from_vec(odcid.to_vec()))
     }
 
-    /// Services a connection and sends what it has to send: called after
-    /// every datagram, timer and call progress.
-    pub async fn drive(self: &Rc<Self>, conn: &Rc<Conn>) {
-        for call in conn.service(self) {
-            self.stats.calls.set(self.stats.calls.get() + 1);
-            glommio::spawn_local(call::run(Rc::clone(self), Rc::clone(conn), call)).detach();
+    /// Asks for `conn` to be serviced and flushed once the tasks ahead of
+    /// the flusher have run (never now: the caller may hold more output).
+    pub fn wake(&self, conn: &Rc<Conn>) {
+        if !conn.queued.replace(true) {
+            self.dirty.borrow_mut().push(Rc::clone(conn));
+            self.flush_due.notify();
         }
-        self.flush(conn).await;
     }
 
-    async fn flush(&self, conn: &Conn) {
-        let mut out = [0u8; MAX_DATAGRAM];
+    async fn flusher(self: Rc<Self>) {
+        let mut out = Datagrams::default();
         loop {
-            let sent = conn.inner.borrow_mut().quic.send(&mut out);
+            self.flush_due.wait().await;
+            self.flush_dirty(&mut out).await;
+        }
+    }
+
+    /// Services every dirty connection (starting the calls it brought) and
+    /// sends its output.
+    async fn flush_dirty(self: &Rc<Self>, out: &mut Datagrams) {
+        let mut batch = Vec::new();
+        loop {
+            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            if batch.is_empty() {
+                return;
+            }
+            let now = std::time::Instant::now();
+            for conn in batch.drain(..) {
+                conn.queued.set(false);
+                let calls = conn.service(self);
+                let started_calls = !calls.is_empty();
+                for call in calls {
+                    self.stats.calls.set(self.stats.calls.get() + 1);
+                    glommio::spawn_local(call::run(Rc::clone(self), Rc::clone(&conn), call))
+                        .detach();
+                }
+                if !conn.hold(started_calls, now) {
+                    self.send(&conn, out).await;
+                }
+            }
+        }
+    }
+
+    /// Sends all that quiche has for `conn`: runs of equal-sized datagrams
+    /// to one address go out in one system call.
+    async fn send(&self, conn: &Conn, out: &mut Datagrams) {
+        conn.sent();
+        loop {
+            let room = out.room();
+            let sent = conn.inner.borrow_mut().quic.send(room);
             match sent {
                 Ok((len, info)) => {
-                    if let Err(e) = self.socket.send_to(&out[..len], info.to).await {
-                        tracing::debug!(shard = self.index, error = %e, "UDP send failed");
+                    if let Some(ready) = out.push(len, info.to) {
+                        self.transmit(ready, out).await;
                     }
                 }
                 Err(quiche::Error::Done) => break,
@@ -266,7 +346,40 @@ impl Shard {
                 }
             }
         }
+        if let Some(ready) = out.finish() {
+            self.transmit(ready, out).await;
+        }
         conn.signal.notify();
+    }
+
+    /// Puts one run of datagrams on the wire, then forgets it.
+    async fn transmit(&self, run: Run, out: &mut Datagrams) {
+        let bytes = out.run_bytes(&run);
+        let result = udp::send(self.fd(), bytes, run.segment, run.to, self.gso.get());
+        let unsent = match result {
+            Ok(n) if n == bytes.len() => None,
+            Ok(n) => Some(n - n % run.segment),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(0),
+            Err(e) if self.gso.get() && udp::gso_unsupported(&e) => {
+                tracing::info!(shard = self.index, error = %e, "UDP GSO unavailable: sending datagrams one by one");
+                self.gso.set(false);
+                Some(0)
+            }
+            Err(e) => {
+                // Lost like any datagram; QUIC recovers.
+                tracing::debug!(shard = self.index, error = %e, "UDP send failed");
+                None
+            }
+        };
+        if let Some(done) = unsent {
+            // The socket buffer is full: wait for room through io_uring.
+            for datagram in bytes[done..].chunks(run.segment) {
+                if let Err(e) = self.socket.send_to(datagram, run.to).await {
+                    tracing::debug!(shard = self.index, error = %e, "UDP send failed");
+                }
+            }
+        }
+        out.consume(&run);
     }
 
     /// Fires the connection's QUIC timers; forgets it once closed.
@@ -275,7 +388,14 @@ impl Shard {
             if conn.is_closed() {
                 break;
             }
-            let timeout = conn.inner.borrow().quic.timeout();
+            let quic_timeout = conn.inner.borrow().quic.timeout();
+            let hold = conn
+                .hold_until()
+                .map(|until| until.saturating_duration_since(std::time::Instant::now()));
+            let timeout = match (quic_timeout, hold) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let Some(timeout) = timeout else {
                 conn.signal.wait().await;
                 continue;
@@ -284,7 +404,10 @@ impl Shard {
             let woken = std::pin::pin!(conn.signal.wait());
             if let Either::Left(_) = select(sleep, woken).await {
                 conn.inner.borrow_mut().quic.on_timeout();
-                self.drive(&conn).await;
+                self.wake(&conn);
+                // An expired timer reads as zero until the flusher has
+                // run: let it run before looking again.
+                glommio::executor().yield_now().await;
             }
         }
         let _ = conn.service(&self); // aborts any call still attached
@@ -299,7 +422,7 @@ impl Shard {
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for conn in &conns {
             conn.drain();
-            self.drive(conn).await;
+            self.wake(conn);
         }
         let start = std::time::Instant::now();
         while start.elapsed() < deadline && conns.iter().any(|c| c.stream_count() > 0) {
@@ -311,8 +434,10 @@ impl Shard {
                 .borrow_mut()
                 .quic
                 .close(true, 0x100, b"shutting down");
-            self.drive(conn).await;
+            self.wake(conn);
         }
+        // Send the closes now: the executor ends after this returns.
+        self.flush_dirty(&mut Datagrams::default()).await;
     }
 }
 
@@ -324,4 +449,116 @@ fn token_input(body: &[u8], peer: SocketAddr) -> Vec<u8> {
     }
     input.extend_from_slice(&peer.port().to_be_bytes());
     input
+}
+
+/// Outgoing datagrams of one connection, gathered into runs that one
+/// system call can send (same destination, equal sizes but the last).
+struct Datagrams {
+    buf: Box<[u8]>,
+    /// Bytes of the run being gathered.
+    len: usize,
+    /// Where the run goes and its segment size (its first datagram's).
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+}
+
+/// A run ready to send: `buf[..bytes]` in datagrams of `segment` bytes.
+struct Run {
+    bytes: usize,
+    segment: usize,
+    to: SocketAddr,
+    /// A datagram that did not fit the run, already written after it at
+    /// `buf[bytes..bytes + carry]`: it starts the next run.
+    carry: Option<(usize, SocketAddr)>,
+}
+
+impl Default for Datagrams {
+    fn default() -> Self {
+        Self {
+            buf: vec![0u8; (udp::MAX_SEGMENTS + 1) * MAX_DATAGRAM].into_boxed_slice(),
+            len: 0,
+            to: None,
+            segment: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Datagrams {
+    /// Where quiche writes the next datagram.
+    fn room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..self.len + MAX_DATAGRAM]
+    }
+
+    /// Takes the datagram quiche just wrote into [`room`](Self::room);
+    /// returns a run to send first when this datagram ends one.
+    fn push(&mut self, len: usize, to: SocketAddr) -> Option<Run> {
+        let Some(run_to) = self.to else {
+            self.start(len, to);
+            return self.full();
+        };
+        if to != run_to || len > self.segment {
+            // Sent separately, after the run gathered so far.
+            let run = Run {
+                bytes: self.len,
+                segment: self.segment,
+                to: run_to,
+                carry: Some((len, to)),
+            };
+            return Some(run);
+        }
+        self.len += len;
+        self.count += 1;
+        if len < self.segment {
+            return self.take(); // a short datagram ends a run
+        }
+        self.full()
+    }
+
+    fn start(&mut self, len: usize, to: SocketAddr) {
+        self.to = Some(to);
+        self.segment = len;
+        self.len = len;
+        self.count = 1;
+    }
+
+    fn full(&mut self) -> Option<Run> {
+        let full = self.count >= udp::MAX_SEGMENTS || self.len + MAX_DATAGRAM > self.buf.len();
+        if full {
+            self.take()
+        } else {
+            None
+        }
+    }
+
+    /// The run gathered so far, if any.
+    fn finish(&mut self) -> Option<Run> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<Run> {
+        let to = self.to?;
+        Some(Run {
+            bytes: self.len,
+            segment: self.segment,
+            to,
+            carry: None,
+        })
+    }
+
+    fn run_bytes(&self, run: &Run) -> &[u8] {
+        &self.buf[..run.bytes]
+    }
+
+    /// Forgets a sent run; a carried datagram starts the next one.
+    fn consume(&mut self, run: &Run) {
+        self.to = None;
+        self.len = 0;
+        self.count = 0;
+        if let Some((len, to)) = run.carry {
+            self.buf.copy_within(run.bytes..run.bytes + len, 0);
+            self.start(len, to);
+        }
+    }
 }

@@ -12,6 +12,7 @@ mod grpc;
 mod respond;
 mod stream;
 pub mod tls;
+mod udp;
 mod upstream;
 
 /// For `benches/primitives.rs` only (benches link the library as an outside

@@ -115,13 +115,22 @@ impl Upstreams {
     }
 }
 
+/// Bytes a component may send on one call before the shard takes them.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// The largest window HTTP/2 allows (2^31 - 1).
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
     let stream = glommio::net::UnixStream::connect(&socket)
         .await
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    // Only the stream windows bound what a component may send ahead (the
+    // calls' outboxes push back through them). A connection window smaller
+    // than their sum would let a few clients that stop reading use it up and
+    // stall every other call to the pod on this core.
     let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(stream.compat())
         .await
         .map_err(|e| format!("HTTP/2 handshake with {}: {e}", socket.display()))?;

@@ -34,8 +34,13 @@ pub fn example_image_tar() -> PathBuf {
     path
 }
 
+/// The binary under test: `VIMANAD_BIN` if set (benchmarks compare builds
+/// with it), else the one cargo built.
 pub fn vimanad() -> &'static str {
-    env!("CARGO_BIN_EXE_vimanad")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("VIMANAD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vimanad").to_owned())
+    })
 }
 
 /// One running node runtime.
