@@ -63,6 +63,9 @@ pub struct Shards {
 }
 
 const MAX_DATAGRAM: usize = 1350;
+/// Kernel buffer per shard socket and direction: about 3,000 datagrams,
+/// room for a burst of new connections while the shard is busy.
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
 
 /// Starts `config.shards` shards, each pinned to a core and bound to the
 /// listen address; returns once all are serving (or the first error).
@@ -131,6 +134,15 @@ fn setup(
 ) -> std::io::Result<std::rc::Rc<endpoint::Shard>> {
     let socket = glommio::net::UdpSocket::bind(config.listen)
         .map_err(|e| std::io::Error::other(format!("bind UDP {}: {e}", config.listen)))?;
+    let granted = udp::set_buffers(std::os::fd::AsRawFd::as_raw_fd(&socket), UDP_SOCKET_BUFFER);
+    if granted < UDP_SOCKET_BUFFER {
+        tracing::info!(
+            shard = index,
+            granted,
+            wanted = UDP_SOCKET_BUFFER,
+            "UDP receive buffer smaller than asked (raise net.core.rmem_max, or run with CAP_NET_ADMIN)"
+        );
+    }
     let quic = quic_config(config)
         .map_err(|e| std::io::Error::other(format!("QUIC/TLS configuration: {e}")))?;
     let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;

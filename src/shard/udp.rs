@@ -21,6 +21,57 @@ pub const MAX_SEGMENTS: usize = 44;
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 
+/// Asks for `bytes` of kernel buffer in each direction: bursts of new
+/// connections (Initials) and of GSO runs must not be dropped for want of
+/// room. Tries the privileged option first (above `net.core.rmem_max`),
+/// then the plain one; returns what the kernel granted for receiving.
+pub fn set_buffers(fd: RawFd, bytes: usize) -> usize {
+    let value = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, force, value).is_err() {
+            let _ = setsockopt_int(fd, plain, value);
+        }
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `granted` and `len` are valid for writes of their sizes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        granted.max(0) as usize
+    } else {
+        0
+    }
+}
+
+fn setsockopt_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the option value is a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Buffers for one `recvmmsg` call, allocated once per shard.
 pub struct RecvBatch {
     bufs: Box<[[u8; RECV_SLOT]]>,
