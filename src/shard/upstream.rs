@@ -42,19 +42,27 @@ pub fn key(endpoint: &Endpoint) -> Key {
 }
 
 impl Upstreams {
-    /// Least outstanding requests on this shard; ties go round-robin.
+    /// Least outstanding requests on this shard; ties go round-robin (the
+    /// scan starts one endpoint further each call). One pass, one lookup
+    /// per endpoint.
     pub fn pick<'a>(&self, endpoints: &'a [Endpoint]) -> &'a Endpoint {
         let map = self.map.borrow();
-        let load = |e: &Endpoint| map.get(&key(e)).map_or(0, |u| u.outstanding);
-        let least = endpoints.iter().map(load).min().unwrap_or(0);
-        let tied = endpoints.iter().filter(|e| load(e) == least).count().max(1);
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
-        endpoints
-            .iter()
-            .filter(|e| load(e) == least)
-            .nth(turn % tied)
-            .unwrap_or(&endpoints[0])
+        let start = turn % endpoints.len().max(1);
+        let (head, tail) = endpoints.split_at(start);
+        let mut best = &endpoints[start.min(endpoints.len().saturating_sub(1))];
+        let mut least = usize::MAX;
+        for endpoint in tail.iter().chain(head) {
+            let load = map.get(&key(endpoint)).map_or(0, |u| u.outstanding);
+            if load < least {
+                (best, least) = (endpoint, load);
+                if load == 0 {
+                    break; // nobody beats an idle endpoint
+                }
+            }
+        }
+        best
     }
 
     /// A ready sender to `endpoint`, connecting if needed, with the call
@@ -142,4 +150,50 @@ async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
     })
     .detach();
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u64) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                id: format!("x.com:a.S@1.0.0#{i}").parse().unwrap(),
+                socket: format!("/nonexistent/{i}.sock").into(),
+                incarnation: 1,
+            })
+            .collect()
+    }
+
+    fn ordinals(upstreams: &Upstreams, endpoints: &[Endpoint], picks: usize) -> Vec<u64> {
+        (0..picks)
+            .map(|_| upstreams.pick(endpoints).id.ordinal())
+            .collect()
+    }
+
+    #[test]
+    fn idle_endpoints_take_turns() {
+        let (upstreams, endpoints) = (Upstreams::default(), endpoints(3));
+        assert_eq!(ordinals(&upstreams, &endpoints, 6), [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn the_least_loaded_endpoint_wins() {
+        let (upstreams, endpoints) = (Upstreams::default(), endpoints(3));
+        // Outstanding calls: #0 two, #1 one, #2 two (checkouts that are
+        // never awaited only count; they connect nowhere).
+        for i in [0, 0, 1, 2, 2] {
+            drop(upstreams.checkout(&endpoints[i]));
+        }
+        assert_eq!(ordinals(&upstreams, &endpoints, 3), [1, 1, 1]);
+        upstreams.release_key(key(&endpoints[0]));
+        upstreams.release_key(key(&endpoints[2]));
+        // Now all carry one: turns again.
+        let picks = ordinals(&upstreams, &endpoints, 3);
+        assert!(
+            picks.contains(&0) && picks.contains(&1) && picks.contains(&2),
+            "{picks:?}"
+        );
+    }
 }
