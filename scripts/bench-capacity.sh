@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The data plane's capacity (benches/capacity.rs, issue 6): sets up the
+# The data plane's capacity (benches/capacity/main.rs, issue 6): sets up the
 # machine, builds the example image and a release vimanad, then measures,
 # each beside a baseline in the same run: (A) new QUIC handshakes per second
 # on one shard, plain and with Retry forced, against calls on kept
@@ -8,7 +8,7 @@
 # shard; (D) unary p99 while the control thread publishes every millisecond,
 # against no publishing (as root).
 # Usage: scripts/bench-capacity.sh [--quick] [--markdown] [--sections a,b,c,d]
-#            [--duration 5s] [--rounds 3] [... see benches/capacity.rs]
+#            [--duration 5s] [--rounds 3] [... see benches/capacity/main.rs]
 # The publication primitive alone (publish → seen by a spinning reader on
 # every other core): cargo bench --bench primitives -- [--markdown]
 set -euo pipefail

@@ -114,7 +114,7 @@ struct ServeArgs {
     /// Benchmarks only (hidden from --help): the control thread rebuilds
     /// and publishes the pod pool's routing snapshot at this interval, as a
     /// stream of pod changes would, so the data plane can be measured while
-    /// publications land (benches/capacity.rs). Never use it in production.
+    /// publications land (benches/capacity/). Never use it in production.
     #[arg(long, hide = true, value_parser = cli::parse_duration)]
     republish_every: Option<Duration>,
 }
