@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where vimanad's time goes under load (issue 6): a flamegraph of the hot path.
 #
-# Starts the e2e load benchmark (benches/e2e.rs, which starts vimanad with one
+# Starts the e2e load benchmark (benches/e2e/, which starts vimanad with one
 # example pod and drives unary gRPC calls over HTTP/3), waits until vimanad is
 # busy, samples it with `perf record` for PERF_SECONDS, and renders
 # target/flamegraph.svg with inferno (perf script | inferno-collapse-perf |

@@ -2,7 +2,7 @@
 # Hardware counters of vimanad under load (issue 6): cycles, instructions,
 # cache misses and context switches, in total and per call.
 #
-# Starts the e2e load benchmark (benches/e2e.rs, which starts vimanad with one
+# Starts the e2e load benchmark (benches/e2e/, which starts vimanad with one
 # example pod and drives unary gRPC calls over HTTP/3), waits until vimanad is
 # busy, runs `perf stat` on its PID for PERF_SECONDS, then divides by the
 # calls the bench reports (its calls/s for the vimanad path times the seconds
