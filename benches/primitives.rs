@@ -934,13 +934,17 @@ where
     W: Fn() -> R + Sync,
     R: FnMut() -> u64,
 {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let barrier = Barrier::new(readers + 1);
     let stop = AtomicBool::new(false);
+    // Each reader's newest generation seen: the publisher stops them only
+    // once all have seen the last one (a descheduled reader catches up).
+    let newest: Vec<AtomicU64> = (0..readers).map(|_| AtomicU64::new(0)).collect();
     std::thread::scope(|s| {
         let spinners: Vec<_> = (0..readers)
             .map(|i| {
                 let (barrier, stop, make_watch) = (&barrier, &stop, &make_watch);
+                let newest = &newest[i];
                 s.spawn(move || {
                     if let Some(core) = cores.get(1 + i) {
                         core_affinity::set_for_current(*core);
@@ -953,6 +957,7 @@ where
                         let g = watch();
                         if g != last {
                             seen.push((g, Instant::now()));
+                            newest.store(g, Ordering::Relaxed);
                             last = g;
                         }
                     }
@@ -974,7 +979,15 @@ where
             let generation = publish();
             published.push((generation, start, Instant::now()));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let last = published.last().map_or(0, |p| p.0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while newest.iter().any(|n| n.load(Ordering::Relaxed) < last) {
+            assert!(
+                Instant::now() < deadline,
+                "a reader did not see generation {last} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         stop.store(true, Ordering::Relaxed);
         let seen: Vec<Vec<(u64, Instant)>> =
             spinners.into_iter().map(|h| h.join().unwrap()).collect();

@@ -18,7 +18,7 @@ use ring::hmac;
 
 use super::call;
 use super::conn::{Conn, Signal};
-use super::udp::{self, RecvBatch};
+use super::udp::{self, RecvBatch, SendBatch};
 use super::upstream::Upstreams;
 use super::Settings;
 use crate::pool::Reader;
@@ -158,7 +158,7 @@ impl Shard {
                 Ok(conn) => conn,
                 Err(Refused::Reply(packet)) => {
                     // Best effort: a client that misses it sends again.
-                    let _ = udp::send(self.fd(), &packet, packet.len(), from, false);
+                    let _ = udp::send_to(self.fd(), &packet, from);
                     return;
                 }
                 Err(Refused::Drop) => return,
@@ -286,7 +286,7 @@ impl Shard {
     }
 
     async fn flusher(self: Rc<Self>) {
-        let mut out = Datagrams::default();
+        let mut out = SendBatch::new(MAX_DATAGRAM);
         loop {
             self.flush_due.wait().await;
             self.flush_dirty(&mut out).await;
@@ -294,13 +294,13 @@ impl Shard {
     }
 
     /// Services every dirty connection (starting the calls it brought) and
-    /// sends its output.
-    async fn flush_dirty(self: &Rc<Self>, out: &mut Datagrams) {
+    /// sends their output, all of it in one system call when it fits.
+    async fn flush_dirty(self: &Rc<Self>, out: &mut SendBatch) {
         let mut batch = Vec::new();
         loop {
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
             if batch.is_empty() {
-                return;
+                break;
             }
             let now = std::time::Instant::now();
             for conn in batch.drain(..) {
@@ -313,25 +313,25 @@ impl Shard {
                         .detach();
                 }
                 if !conn.hold(started_calls, now) {
-                    self.send(&conn, out).await;
+                    self.gather(&conn, out).await;
                 }
             }
         }
+        self.transmit(out).await;
     }
 
-    /// Sends all that quiche has for `conn`: runs of equal-sized datagrams
-    /// to one address go out in one system call.
-    async fn send(&self, conn: &Conn, out: &mut Datagrams) {
+    /// Takes all that quiche has to send for `conn` into `out` (sending
+    /// `out` first whenever it is full).
+    async fn gather(&self, conn: &Conn, out: &mut SendBatch) {
         conn.sent();
         loop {
-            let room = out.room();
+            let Some(room) = out.room() else {
+                self.transmit(out).await;
+                continue;
+            };
             let sent = conn.inner.borrow_mut().quic.send(room);
             match sent {
-                Ok((len, info)) => {
-                    if let Some(ready) = out.push(len, info.to) {
-                        self.transmit(ready, out).await;
-                    }
-                }
+                Ok((len, info)) => out.push(len, info.to),
                 Err(quiche::Error::Done) => break,
                 Err(e) => {
                     tracing::debug!(shard = self.index, error = %e, "QUIC send failed");
@@ -344,40 +344,31 @@ impl Shard {
                 }
             }
         }
-        if let Some(ready) = out.finish() {
-            self.transmit(ready, out).await;
-        }
         conn.signal.notify();
     }
 
-    /// Puts one run of datagrams on the wire, then forgets it.
-    async fn transmit(&self, run: Run, out: &mut Datagrams) {
-        let bytes = out.run_bytes(&run);
-        let result = udp::send(self.fd(), bytes, run.segment, run.to, self.gso.get());
-        let unsent = match result {
-            Ok(n) if n == bytes.len() => None,
-            Ok(n) => Some(n - n % run.segment),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(0),
-            Err(e) if self.gso.get() && udp::gso_unsupported(&e) => {
+    /// Puts the gathered datagrams on the wire and empties `out`.
+    async fn transmit(&self, out: &mut SendBatch) {
+        while let Err(e) = out.send(self.fd(), self.gso.get()) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                // The socket buffer is full: wait for room through io_uring.
+                for (datagram, to) in out.unsent() {
+                    if let Err(e) = self.socket.send_to(datagram, to).await {
+                        tracing::debug!(shard = self.index, error = %e, "UDP send failed");
+                    }
+                }
+                break;
+            }
+            if self.gso.get() && udp::gso_unsupported(&e) {
                 tracing::info!(shard = self.index, error = %e, "UDP GSO unavailable: sending datagrams one by one");
                 self.gso.set(false);
-                Some(0)
+                continue;
             }
-            Err(e) => {
-                // Lost like any datagram; QUIC recovers.
-                tracing::debug!(shard = self.index, error = %e, "UDP send failed");
-                None
-            }
-        };
-        if let Some(done) = unsent {
-            // The socket buffer is full: wait for room through io_uring.
-            for datagram in bytes[done..].chunks(run.segment) {
-                if let Err(e) = self.socket.send_to(datagram, run.to).await {
-                    tracing::debug!(shard = self.index, error = %e, "UDP send failed");
-                }
-            }
+            // Lost like any datagram (QUIC recovers); the rest goes on.
+            tracing::debug!(shard = self.index, error = %e, "UDP send failed");
+            out.skip();
         }
-        out.consume(&run);
+        out.clear();
     }
 
     /// Fires the connection's QUIC timers; forgets it once closed.
@@ -435,7 +426,7 @@ impl Shard {
             self.wake(conn);
         }
         // Send the closes now: the executor ends after this returns.
-        self.flush_dirty(&mut Datagrams::default()).await;
+        self.flush_dirty(&mut SendBatch::new(MAX_DATAGRAM)).await;
     }
 }
 
@@ -447,116 +438,4 @@ fn token_input(body: &[u8], peer: SocketAddr) -> Vec<u8> {
     }
     input.extend_from_slice(&peer.port().to_be_bytes());
     input
-}
-
-/// Outgoing datagrams of one connection, gathered into runs that one
-/// system call can send (same destination, equal sizes but the last).
-struct Datagrams {
-    buf: Box<[u8]>,
-    /// Bytes of the run being gathered.
-    len: usize,
-    /// Where the run goes and its segment size (its first datagram's).
-    to: Option<SocketAddr>,
-    segment: usize,
-    count: usize,
-}
-
-/// A run ready to send: `buf[..bytes]` in datagrams of `segment` bytes.
-struct Run {
-    bytes: usize,
-    segment: usize,
-    to: SocketAddr,
-    /// A datagram that did not fit the run, already written after it at
-    /// `buf[bytes..bytes + carry]`: it starts the next run.
-    carry: Option<(usize, SocketAddr)>,
-}
-
-impl Default for Datagrams {
-    fn default() -> Self {
-        Self {
-            buf: vec![0u8; (udp::MAX_SEGMENTS + 1) * MAX_DATAGRAM].into_boxed_slice(),
-            len: 0,
-            to: None,
-            segment: 0,
-            count: 0,
-        }
-    }
-}
-
-impl Datagrams {
-    /// Where quiche writes the next datagram.
-    fn room(&mut self) -> &mut [u8] {
-        &mut self.buf[self.len..self.len + MAX_DATAGRAM]
-    }
-
-    /// Takes the datagram quiche just wrote into [`room`](Self::room);
-    /// returns a run to send first when this datagram ends one.
-    fn push(&mut self, len: usize, to: SocketAddr) -> Option<Run> {
-        let Some(run_to) = self.to else {
-            self.start(len, to);
-            return self.full();
-        };
-        if to != run_to || len > self.segment {
-            // Sent separately, after the run gathered so far.
-            let run = Run {
-                bytes: self.len,
-                segment: self.segment,
-                to: run_to,
-                carry: Some((len, to)),
-            };
-            return Some(run);
-        }
-        self.len += len;
-        self.count += 1;
-        if len < self.segment {
-            return self.take(); // a short datagram ends a run
-        }
-        self.full()
-    }
-
-    fn start(&mut self, len: usize, to: SocketAddr) {
-        self.to = Some(to);
-        self.segment = len;
-        self.len = len;
-        self.count = 1;
-    }
-
-    fn full(&mut self) -> Option<Run> {
-        let full = self.count >= udp::MAX_SEGMENTS || self.len + MAX_DATAGRAM > self.buf.len();
-        if full {
-            self.take()
-        } else {
-            None
-        }
-    }
-
-    /// The run gathered so far, if any.
-    fn finish(&mut self) -> Option<Run> {
-        self.take()
-    }
-
-    fn take(&mut self) -> Option<Run> {
-        let to = self.to?;
-        Some(Run {
-            bytes: self.len,
-            segment: self.segment,
-            to,
-            carry: None,
-        })
-    }
-
-    fn run_bytes(&self, run: &Run) -> &[u8] {
-        &self.buf[..run.bytes]
-    }
-
-    /// Forgets a sent run; a carried datagram starts the next one.
-    fn consume(&mut self, run: &Run) {
-        self.to = None;
-        self.len = 0;
-        self.count = 0;
-        if let Some((len, to)) = run.carry {
-            self.buf.copy_within(run.bytes..run.bytes + len, 0);
-            self.start(len, to);
-        }
-    }
 }
