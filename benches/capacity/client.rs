@@ -382,20 +382,7 @@ fn send_all(socket: &UdpSocket, conn: &mut quiche::Connection) {
 }
 
 fn close_reason(conn: &quiche::Connection) -> String {
-    let why = match (conn.peer_error(), conn.local_error()) {
-        _ if conn.is_timed_out() => "timed out".to_owned(),
-        (Some(e), _) => format!(
-            "closed by vimanad (0x{:x} {})",
-            e.error_code,
-            String::from_utf8_lossy(&e.reason)
-        ),
-        (None, Some(e)) => format!(
-            "closed by the client (0x{:x} {})",
-            e.error_code,
-            String::from_utf8_lossy(&e.reason)
-        ),
-        (None, None) => "closed".to_owned(),
-    };
+    let why = crate::quic::close_reason(conn);
     match conn.is_established() {
         true => format!("connection {why}"),
         false => format!("handshake failed: {why}"),

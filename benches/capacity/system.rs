@@ -3,23 +3,7 @@
 //! and the cores client threads are pinned to. No measuring logic: the
 //! figures are put together in measure.rs and the sections.
 
-/// utime + stime of a process (all threads), in clock ticks.
-pub fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
-    field(14) + field(15)
-}
-
-pub fn tick_secs() -> f64 {
-    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
+pub use crate::procfs::{cpu_ticks, tick_secs};
 
 /// A `kB` field of /proc/PID/status (VmRSS, RssAnon, VmHWM...), in KiB.
 pub fn status_kib(pid: &str, field: &str) -> u64 {

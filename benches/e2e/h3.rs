@@ -189,20 +189,7 @@ impl H3Client {
         if !self.conn.is_closed() {
             return Ok(());
         }
-        let why = match (self.conn.peer_error(), self.conn.local_error()) {
-            _ if self.conn.is_timed_out() => "timed out".to_owned(),
-            (Some(e), _) => format!(
-                "closed by the server (error 0x{:x}, {})",
-                e.error_code,
-                String::from_utf8_lossy(&e.reason)
-            ),
-            (None, Some(e)) => format!(
-                "closed by the client (error 0x{:x}, {})",
-                e.error_code,
-                String::from_utf8_lossy(&e.reason)
-            ),
-            (None, None) => "closed".to_owned(),
-        };
+        let why = crate::quic::close_reason(&self.conn);
         Err(format!("QUIC connection {why}"))
     }
 

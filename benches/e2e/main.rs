@@ -92,6 +92,10 @@
 #[path = "../../tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;
+#[path = "../shared/procfs.rs"]
+mod procfs;
+#[path = "../shared/quic.rs"]
+mod quic;
 
 mod args;
 mod caddy;

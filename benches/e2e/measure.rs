@@ -119,26 +119,7 @@ impl Tally {
     }
 }
 
-/// utime + stime of a process, all its threads (live and exited), in clock
-/// ticks: /proc/PID/stat fields 14 and 15.
-pub fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // Fields after the command name (which may hold spaces), from field 3.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
-    field(14) + field(15)
-}
-
-pub fn tick() -> Duration {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(1.0 / hz as f64)
-}
+pub use crate::procfs::{cpu_ticks, tick_secs};
 
 /// The processes a window watches: the proxy under test (none for the
 /// ceiling) and the component.
@@ -310,7 +291,7 @@ impl Sample {
         } else {
             tally.ok as f64
         };
-        let per_call = |b: u64, a: u64| (a - b) as f64 * tick().as_secs_f64() * 1e6 / calls;
+        let per_call = |b: u64, a: u64| (a - b) as f64 * tick_secs() * 1e6 / calls;
         let secs = duration.as_secs_f64();
         Sample {
             calls_per_s: tally.ok as f64 / secs,

@@ -19,7 +19,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::measure::{tick, watch_until, Watched, WindowCost};
+use crate::measure::{tick_secs, watch_until, Watched, WindowCost};
 use crate::report::{median, Path};
 use crate::request::{frame, Request, AUTHORITY, UNARY};
 
@@ -247,7 +247,7 @@ impl Runs<'_> {
         };
         let us = |p: &str| percentiles[p].as_f64().map_or(f64::NAN, |s| s * 1e6);
         let calls = if ok == 0 { f64::NAN } else { ok as f64 };
-        let per_call = |b: u64, a: u64| (a - b) as f64 * tick().as_secs_f64() * 1e6 / calls;
+        let per_call = |b: u64, a: u64| (a - b) as f64 * tick_secs() * 1e6 / calls;
         let (before, after) = (&run.cost.before, &run.cost.after);
         let proxy_us = match (before.proxy(), after.proxy()) {
             (Some(b), Some(a)) => per_call(b, a),
