@@ -472,8 +472,10 @@ async fn a_container_killed_with_sigkill_while_streams_are_open() {
         count: 1000,
         interval_ms: 20,
     });
+    // Late enough that the streams are open even when the Python peer is
+    // slow to start (a loaded machine); they would run for 20 s.
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(3000));
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
     let calls = json!([

@@ -24,9 +24,9 @@ const H3_REQUEST_CANCELLED: u64 = 0x10c;
 /// How long a connection's acknowledgement of new requests may wait for
 /// their first response bytes to ride along. Far under the 25 ms
 /// max_ack_delay we advertise, so peers see no loss.
+const ACK_HOLD: Duration = Duration::from_millis(1);
 /// The least credit worth a body write (see [`worth_writing`]).
 const MIN_BODY_WRITE: usize = 64;
-const ACK_HOLD: Duration = Duration::from_millis(1);
 
 pub struct Conn {
     pub inner: RefCell<ConnInner>,

@@ -287,18 +287,18 @@ impl Shard {
 
     async fn flusher(self: Rc<Self>) {
         let mut out = SendBatch::new(MAX_DATAGRAM);
+        let mut batch = Vec::new(); // kept: its room is reused
         loop {
             self.flush_due.wait().await;
-            self.flush_dirty(&mut out).await;
+            self.flush_dirty(&mut batch, &mut out).await;
         }
     }
 
     /// Services every dirty connection (starting the calls it brought) and
     /// sends their output, all of it in one system call when it fits.
-    async fn flush_dirty(self: &Rc<Self>, out: &mut SendBatch) {
-        let mut batch = Vec::new();
+    async fn flush_dirty(self: &Rc<Self>, batch: &mut Vec<Rc<Conn>>, out: &mut SendBatch) {
         loop {
-            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            std::mem::swap(batch, &mut *self.dirty.borrow_mut());
             if batch.is_empty() {
                 break;
             }
@@ -426,7 +426,8 @@ impl Shard {
             self.wake(conn);
         }
         // Send the closes now: the executor ends after this returns.
-        self.flush_dirty(&mut SendBatch::new(MAX_DATAGRAM)).await;
+        self.flush_dirty(&mut Vec::new(), &mut SendBatch::new(MAX_DATAGRAM))
+            .await;
     }
 }
 
