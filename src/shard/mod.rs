@@ -15,7 +15,7 @@ pub mod tls;
 mod udp;
 mod upstream;
 
-/// For `benches/primitives.rs` only (benches link the library as an outside
+/// For `benches/primitives/` only (benches link the library as an outside
 /// crate): the shard primitives it measures, re-exported unchanged. Not an
 /// interface; nothing else may use it.
 #[doc(hidden)]
