@@ -13,11 +13,10 @@ use std::path::{Component, Path, PathBuf};
 use super::error::{io_err, ImageError};
 use super::fsutil::copy_hashed;
 use super::oci::{
-    digest_hex, parse_json, ConfigFile, Descriptor, Index, Manifest, MAX_JSON_BLOB,
-    MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_MANIFEST, WANT_ARCH, WANT_OS,
+    check_config_type, digest_hex, parse_json, ConfigFile, Descriptor, Index, Manifest,
+    MAX_JSON_BLOB, MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, WANT_ARCH, WANT_OS,
 };
 
-const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Nested indexes deeper than this are refused (no cycles, no stack games).
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -264,15 +263,7 @@ fn resolve_manifest(
     image: &str,
 ) -> Result<Selected, ImageError> {
     let cfg = &manifest.config;
-    if cfg.media_type != MT_OCI_CONFIG && cfg.media_type != MT_DOCKER_CONFIG {
-        return Err(ImageError::invalid_image(
-            image,
-            format!(
-                "manifest {}: unsupported config media type {:?} (not a container image)",
-                desc.digest, cfg.media_type
-            ),
-        ));
-    }
+    check_config_type(cfg, &desc.digest, image)?;
     let config_bytes = blobs.read_verified(cfg, image, "config")?;
     let config: ConfigFile = parse_json(&config_bytes, image, &format!("config {}", cfg.digest))?;
     let declared = !config.os.is_empty() && !config.architecture.is_empty();

@@ -21,6 +21,7 @@ pub const MT_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const MT_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 /// Layer media types we can unpack (gzip or plain tar; the decompressor is
 /// chosen from the blob's magic bytes, so a mislabelled layer still works).
@@ -274,6 +275,21 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ImageError> {
     serde_json::to_vec(value)
         .map_err(|e| ImageError::InvalidArgument(format!("serializing json: {e}")))
+}
+
+/// The manifest (`digest`) describes a container image: its config is an OCI
+/// or docker image config.
+pub fn check_config_type(config: &Descriptor, digest: &str, image: &str) -> Result<(), ImageError> {
+    if config.media_type != MT_OCI_CONFIG && config.media_type != MT_DOCKER_CONFIG {
+        return Err(ImageError::invalid_image(
+            image,
+            format!(
+                "manifest {digest}: unsupported config media type {:?} (not a container image)",
+                config.media_type
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Every layer of a manifest names a valid digest and a layer type we can

@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::super::error::ImageError;
 use super::super::oci::{
-    blob_kind, parse_json, Descriptor, Index, Manifest, MAX_JSON_BLOB, MT_DOCKER_LIST,
-    MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_MANIFEST,
+    blob_kind, check_config_type, parse_json, Descriptor, Index, Manifest, MAX_JSON_BLOB,
+    MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
 use super::super::reference::Reference;
 use super::remote::Remote;
@@ -21,7 +21,6 @@ const ACCEPT: &[&str] = &[
     MT_OCI_INDEX,
     MT_DOCKER_LIST,
 ];
-const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Nested image indexes followed at most.
 const MAX_INDEX_DEPTH: usize = 4;
 
@@ -160,15 +159,7 @@ fn platforms_of(index: &Index) -> String {
 /// What can be checked in a manifest before anything is downloaded.
 fn check_manifest(m: &Manifest, desc: &Descriptor, image: &str) -> Result<(), ImageError> {
     let cfg = &m.config;
-    if cfg.media_type != MT_OCI_CONFIG && cfg.media_type != MT_DOCKER_CONFIG {
-        return Err(ImageError::invalid_image(
-            image,
-            format!(
-                "manifest {}: unsupported config media type {:?} (not a container image)",
-                desc.digest, cfg.media_type
-            ),
-        ));
-    }
+    check_config_type(cfg, &desc.digest, image)?;
     cfg.hex(image)?;
     super::super::oci::check_layers(&m.layers, image)
 }
