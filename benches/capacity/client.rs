@@ -3,6 +3,7 @@
 //! ID, each call's response checked. What a thread does with its
 //! connections (handshakes, kept load, idle, probes) is the sections'.
 
+use crate::quic::poll;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -401,18 +402,4 @@ fn set_socket_buffers(socket: &UdpSocket, bytes: libc::c_int) {
             );
         }
     }
-}
-
-/// poll(2) one descriptor.
-fn poll(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) > 0 }
 }

@@ -2,6 +2,7 @@
 //! sockets, one thread per QUIC connection, each keeping its share of the
 //! streams in flight. It drives vimanad and Caddy alike.
 
+use crate::quic::poll;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -385,20 +386,6 @@ impl H3Client {
             }
         }
     }
-}
-
-/// poll(2) one descriptor for `events`, with a nanosecond timeout.
-fn poll(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) > 0 }
 }
 
 /// `streams` spread over `connections`, as evenly as they go.

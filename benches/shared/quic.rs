@@ -1,4 +1,23 @@
-//! What the benchmarks' quiche clients say when a connection ends.
+//! What the benchmarks' quiche clients share: waiting on their sockets and
+//! saying why a connection ended.
+
+use std::time::Duration;
+
+/// ppoll(2) one descriptor for `events`, with a nanosecond timeout; whether
+/// it is ready.
+pub fn poll(fd: std::os::fd::RawFd, events: libc::c_short, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and a valid timespec for the call.
+    unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) > 0 }
+}
 
 /// Why `conn` closed: "timed out", "closed by the server (error 0x…,
 /// reason)" or "closed by the client (…)".
