@@ -2,11 +2,12 @@
 //! over to the control plane (and, later, the data-plane shards). The only
 //! place `anyhow` is used.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vimanad::control::{self, image};
 use vimanad::shard;
 
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node runtime: CRI on a Unix socket.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the local image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -34,6 +35,9 @@ enum Command {
     Cri(cli::cri::CriArgs),
     /// Make one gRPC call over HTTP/3.
     Call(cli::call::CallArgs),
+    /// The config file of `serve`: print a default one, check one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Internal: the per-container shim started by `serve`.
     #[command(hide = true)]
     Shim { spec: PathBuf },
@@ -46,8 +50,20 @@ struct StateDir {
     state_dir: PathBuf,
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a complete config file: every setting, commented, with its default.
+    Default,
+    /// Check a config file as `serve --config FILE` would read it.
+    Check { file: PathBuf },
+}
+
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of settings: every key is one of these flags (`vimanad
+    /// config default` prints them all); flags and environment override it.
+    #[arg(long, env = "VIMANAD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     state: StateDir,
     /// Directory of volatile state (pod sockets).
@@ -117,6 +133,9 @@ struct ServeArgs {
     /// publications land (benches/capacity/). Never use it in production.
     #[arg(long, hide = true, value_parser = cli::parse_duration)]
     republish_every: Option<Duration>,
+    /// Every setting as `serve` runs with it (logged once at start).
+    #[arg(skip)]
+    effective: String,
 }
 
 #[derive(Subcommand)]
@@ -217,8 +236,41 @@ fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     Ok(rt.block_on(future))
 }
 
+/// Parses the command line; for `serve --config FILE`, adds the file's
+/// settings for every flag the command line and environment left unset.
+/// A bad file exits with 64 (EX_USAGE), as a bad flag does with clap's 2.
+fn parse_cli() -> Cli {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut matches = Cli::command().get_matches_from(argv.clone());
+    if let Some(("serve", serve)) = matches.subcommand() {
+        if let Some(path) = serve.get_one::<PathBuf>("config") {
+            let command = Cli::command();
+            let merged = cli::config::merge(serve_command(&command), serve, path, argv);
+            match merged {
+                Ok(argv) => matches = Cli::command().get_matches_from(argv),
+                Err(e) => {
+                    eprintln!("vimanad: {e:#}");
+                    std::process::exit(64);
+                }
+            }
+        }
+    }
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(("serve", serve))) = (&mut cli.command, matches.subcommand())
+    {
+        args.effective = cli::config::effective(serve_command(&Cli::command()), serve);
+    }
+    cli
+}
+
+fn serve_command(command: &clap::Command) -> &clap::Command {
+    command
+        .find_subcommand("serve")
+        .expect("serve is a subcommand")
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     // The shim forks: it must stay single-threaded, so it runs before any
     // runtime or logging thread exists.
     if let Command::Shim { spec } = &cli.command {
@@ -245,9 +297,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
+        Command::Config(cmd) => config_command(cmd),
         Command::Shim { .. } | Command::Call(_) => unreachable!("handled in main"),
     }
 }
@@ -267,8 +320,31 @@ fn init_logging(format: &str) {
     }
 }
 
+fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
+    let command = Cli::command();
+    let serve = serve_command(&command);
+    match cmd {
+        ConfigCommand::Default => print!("{}", cli::config::default_file(serve)),
+        ConfigCommand::Check { file } => {
+            let argv = ["vimanad", "serve", "--config"].map(OsString::from);
+            let argv = [argv.as_slice(), &[file.clone().into()]].concat();
+            let matches = Cli::command().try_get_matches_from(argv.clone())?;
+            let (_, serve_matches) = matches.subcommand().expect("serve");
+            let merged = cli::config::merge(serve, serve_matches, &file, argv)?;
+            let matches = Cli::command().try_get_matches_from(merged).map_err(|e| {
+                anyhow::anyhow!("{}: {}", file.display(), cli::config::clap_message(&e))
+            })?;
+            let (_, serve_matches) = matches.subcommand().expect("serve");
+            println!("{}: ok", file.display());
+            println!("{}", cli::config::effective(serve, serve_matches));
+        }
+    }
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
+    tracing::info!("configuration: {}", args.effective);
     anyhow::ensure!(
         args.republish_every.is_none_or(|every| !every.is_zero()),
         "--republish-every must be longer than zero"

@@ -2,6 +2,7 @@
 //! and the README demo. Tools may use `anyhow`; the library may not.
 
 pub mod call;
+pub mod config;
 pub mod cri;
 pub mod grpc_frame;
 
