@@ -8,8 +8,10 @@
 mod call;
 mod conn;
 mod endpoint;
+mod flush;
 mod grpc;
 mod respond;
+mod signal;
 mod stream;
 pub mod tls;
 mod udp;
