@@ -10,13 +10,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::{select, Either};
 use glommio::net::UdpSocket;
 use quiche::ConnectionId;
-use ring::hmac;
 
+use super::accept::{Acceptor, Refused, CONN_ID_LEN};
 use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
 use super::flush::{ConnWaker, FlushQueue, Wire};
@@ -26,11 +26,7 @@ use super::upstream::Upstreams;
 use super::Settings;
 use crate::pool::Reader;
 
-/// Our connection IDs: an HMAC of the client's first destination ID, so a
-/// client's retransmitted Initials find the same connection.
-const CONN_ID_LEN: usize = quiche::MAX_CONN_ID_LEN;
 const MAX_DATAGRAM: usize = super::MAX_DATAGRAM;
-const RETRY_TOKEN_LIFETIME_SECS: u64 = 30;
 /// Batches of datagrams taken per wake-up before the other tasks (calls,
 /// the flusher) get a turn.
 const RECV_BATCHES_PER_TURN: usize = 4;
@@ -39,9 +35,8 @@ pub struct Shard {
     pub index: usize,
     wire: Wire,
     local: SocketAddr,
-    quic_config: RefCell<quiche::Config>,
+    acceptor: Acceptor,
     conn_settings: ConnSettings,
-    key: hmac::Key,
     conns: RefCell<HashMap<ConnectionId<'static>, Rc<Conn>>>,
     routes: Rc<RefCell<Reader>>,
     upstreams: Rc<Upstreams>,
@@ -62,13 +57,6 @@ pub struct Stats {
     pub errors: Rc<Cell<u64>>,
 }
 
-/// Why a datagram found no connection.
-enum Refused {
-    /// A stateless answer (version negotiation, retry).
-    Reply(Vec<u8>),
-    Drop,
-}
-
 impl Shard {
     pub fn new(
         index: usize,
@@ -78,20 +66,22 @@ impl Shard {
         routes: Reader,
         settings: Settings,
     ) -> std::io::Result<Rc<Self>> {
-        let rng = ring::rand::SystemRandom::new();
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-            .map_err(|_| std::io::Error::other("random key"))?;
+        let local = socket.local_addr()?;
         Ok(Rc::new(Self {
             index,
-            local: socket.local_addr()?,
+            local,
             wire: Wire::new(socket, index),
-            quic_config: RefCell::new(quic_config),
+            acceptor: Acceptor::new(
+                quic_config,
+                local,
+                settings.max_connections,
+                settings.retry_above,
+            )?,
             conn_settings: ConnSettings {
                 h3: h3_config,
                 max_streams: settings.max_streams_per_conn,
                 shard: index,
             },
-            key,
             conns: RefCell::new(HashMap::new()),
             routes: Rc::new(RefCell::new(routes)),
             upstreams: Rc::new(Upstreams::default()),
@@ -151,7 +141,7 @@ impl Shard {
             let conns = self.conns.borrow();
             conns
                 .get(&header.dcid)
-                .or_else(|| conns.get(&ConnectionId::from_vec(self.conn_id_for(&header.dcid))))
+                .or_else(|| conns.get(&self.acceptor.conn_id_for(&header.dcid)))
                 .cloned()
         };
         let conn = match conn {
@@ -178,99 +168,22 @@ impl Shard {
         self.wake(&conn);
     }
 
+    /// Files a new connection for an Initial and starts its timer task.
     fn accept(
         self: &Rc<Self>,
         header: &quiche::Header<'_>,
         from: SocketAddr,
     ) -> Result<Rc<Conn>, Refused> {
-        if header.ty != quiche::Type::Initial || self.draining.get() {
-            return Err(Refused::Drop);
-        }
-        let mut out = vec![0u8; MAX_DATAGRAM];
-        if !quiche::version_is_supported(header.version) {
-            let len = quiche::negotiate_version(&header.scid, &header.dcid, &mut out)
-                .map_err(|_| Refused::Drop)?;
-            out.truncate(len);
-            return Err(Refused::Reply(out));
-        }
         let count = self.conns.borrow().len();
-        if count >= self.settings.max_connections {
-            return Err(Refused::Drop);
-        }
-        let mut scid = ConnectionId::from_vec(self.conn_id_for(&header.dcid));
-        // Address validation once the shard is busy: a Retry costs the
-        // client one round trip and spoofed sources get nothing.
-        let mut odcid = None;
-        if count >= self.settings.retry_above {
-            match header.token.as_deref().filter(|t| !t.is_empty()) {
-                None => {
-                    let token = self.mint_token(&header.dcid, from);
-                    let len = quiche::retry(
-                        &header.scid,
-                        &header.dcid,
-                        &scid,
-                        &token,
-                        header.version,
-                        &mut out,
-                    )
-                    .map_err(|_| Refused::Drop)?;
-                    out.truncate(len);
-                    return Err(Refused::Reply(out));
-                }
-                Some(token) => match self.validate_token(token, from) {
-                    Some(id) => {
-                        odcid = Some(id);
-                        // After a Retry the client already uses the ID we
-                        // gave it there.
-                        scid = header.dcid.clone().into_owned();
-                    }
-                    None => return Err(Refused::Drop),
-                },
-            }
-        }
-        let quic = {
-            let mut config = self.quic_config.borrow_mut();
-            quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut config)
-                .map_err(|_| Refused::Drop)?
-        };
+        let (scid, quic) = self
+            .acceptor
+            .accept(header, from, count, self.draining.get())?;
         let conn = Conn::new(quic);
         self.conns.borrow_mut().insert(scid, Rc::clone(&conn));
         self.stats.connections.set(self.stats.connections.get() + 1);
         tracing::debug!(shard = self.index, peer = %from, "connection accepted");
         glommio::spawn_local(Rc::clone(self).timer(Rc::clone(&conn))).detach();
         Ok(conn)
-    }
-
-    fn conn_id_for(&self, dcid: &[u8]) -> Vec<u8> {
-        let tag = hmac::sign(&self.key, dcid);
-        tag.as_ref()[..CONN_ID_LEN].to_vec()
-    }
-
-    /// `secs(8) | odcid_len(1) | odcid | mac(32 over secs, peer, odcid)`.
-    fn mint_token(&self, odcid: &[u8], peer: SocketAddr) -> Vec<u8> {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut token = secs.to_be_bytes().to_vec();
-        token.push(odcid.len() as u8);
-        token.extend_from_slice(odcid);
-        let mac = hmac::sign(&self.key, &token_input(&token, peer));
-        token.extend_from_slice(mac.as_ref());
-        token
-    }
-
-    fn validate_token(&self, token: &[u8], peer: SocketAddr) -> Option<ConnectionId<'static>> {
-        let (body, mac) = token.split_at_checked(token.len().checked_sub(32)?)?;
-        hmac::verify(&self.key, &token_input(body, peer), mac).ok()?;
-        let secs = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-        if now.saturating_sub(secs) > RETRY_TOKEN_LIFETIME_SECS {
-            return None;
-        }
-        let len = *body.get(8)? as usize;
-        let odcid = body.get(9..9 + len)?;
-        Some(ConnectionId::from_vec(odcid.to_vec()))
     }
 
     /// Asks for `conn` to be serviced and flushed (see flush.rs).
@@ -381,14 +294,4 @@ impl Shard {
         self.flush(&mut Vec::new(), &mut SendBatch::new(MAX_DATAGRAM))
             .await;
     }
-}
-
-fn token_input(body: &[u8], peer: SocketAddr) -> Vec<u8> {
-    let mut input = body.to_vec();
-    match peer {
-        SocketAddr::V4(a) => input.extend_from_slice(&a.ip().octets()),
-        SocketAddr::V6(a) => input.extend_from_slice(&a.ip().octets()),
-    }
-    input.extend_from_slice(&peer.port().to_be_bytes());
-    input
 }

@@ -5,6 +5,7 @@
 //! published routing snapshot (`crate::pool::Reader`) and never touches
 //! `control`. Nothing on the request path takes a lock or crosses cores.
 
+mod accept;
 mod call;
 mod conn;
 mod endpoint;
@@ -14,6 +15,7 @@ mod respond;
 mod signal;
 mod stream;
 pub mod tls;
+mod token;
 mod udp;
 mod upstream;
 

@@ -98,7 +98,9 @@ mod tests {
         let odcid = tokens.validate(&token, peer(), NOW + 1).expect("valid");
         assert_eq!(odcid.as_ref(), ODCID);
         // Up to the lifetime, inclusive.
-        assert!(tokens.validate(&token, peer(), NOW + LIFETIME_SECS).is_some());
+        assert!(tokens
+            .validate(&token, peer(), NOW + LIFETIME_SECS)
+            .is_some());
         // IPv6 peers too.
         let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         let token = tokens.mint(ODCID, v6, NOW);
@@ -147,10 +149,17 @@ mod tests {
         let tokens = RetryTokens::new().unwrap();
         let token = tokens.mint(ODCID, peer(), NOW);
         for len in 0..token.len() {
-            assert!(tokens.validate(&token[..len], peer(), NOW).is_none(), "{len}");
+            assert!(
+                tokens.validate(&token[..len], peer(), NOW).is_none(),
+                "{len}"
+            );
         }
         // A well-signed body too short for its own fields.
-        for body in [&b""[..], b"\x00\x00\x00\x00\x00\x00\x00", b"\x00\x00\x00\x00\x00\x00\x00\x00"] {
+        for body in [
+            &b""[..],
+            b"\x00\x00\x00\x00\x00\x00\x00",
+            b"\x00\x00\x00\x00\x00\x00\x00\x00",
+        ] {
             let mut short = body.to_vec();
             short.extend_from_slice(hmac::sign(&tokens.key, &mac_input(body, peer())).as_ref());
             assert!(tokens.validate(&short, peer(), 0).is_none(), "{body:?}");
