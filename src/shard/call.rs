@@ -19,7 +19,7 @@ use quiche::h3::{Header, NameValue};
 
 use super::flush::ConnWaker;
 use super::grpc::{parse_timeout, FrameLimiter};
-use super::respond::{status_trailers, trailers_only, CallError};
+use super::respond::{self, CallError};
 use super::stream::{CallStream, Inbound};
 use super::upstream::Upstreams;
 use crate::pool::{Reader, Route};
@@ -43,21 +43,10 @@ pub struct CallContext {
 pub async fn run(ctx: CallContext, headers: Vec<Header>) -> Option<CallError> {
     let outcome = proxy(&ctx, &headers).await.err();
     if let Some(error) = &outcome {
-        respond(&ctx.stream, error);
+        respond::answer(&ctx.stream, error);
     }
     ctx.waker.wake();
     outcome
-}
-
-fn respond(io: &CallStream, error: &CallError) {
-    if io.is_over() {
-        return;
-    }
-    if !io.response_started() {
-        io.send_headers(trailers_only(error), true);
-    } else {
-        io.send_trailers(status_trailers(error));
-    }
 }
 
 /// What the proxy needs of the request headers.
@@ -312,10 +301,8 @@ async fn download(
         |e: h2::Error| CallError::Unavailable(format!("the component failed the call: {e}"));
     let response = response.await.map_err(unavailable)?;
     let (parts, mut body) = response.into_parts();
-    let mut out = Vec::with_capacity(parts.headers.len() + 1);
-    out.push(Header::new(b":status", parts.status.as_str().as_bytes()));
-    push_headers(&mut out, &parts.headers, deadline);
-    io.send_headers(out, body.is_end_stream());
+    let headers = respond::response_headers(parts.status, &parts.headers, deadline);
+    io.send_headers(headers, body.is_end_stream());
     ctx.waker.wake();
     if body.is_end_stream() {
         return Ok(()); // trailers-only
@@ -331,29 +318,9 @@ async fn download(
         }
     }
     let trailers = body.trailers().await.map_err(unavailable)?;
-    let mut out = Vec::new();
-    match trailers {
-        Some(trailers) => push_headers(&mut out, &trailers, deadline),
-        None => out.extend(status_trailers(&CallError::Unavailable(
-            "the component ended the call without a status".into(),
-        ))),
-    }
-    io.send_trailers(out);
+    io.send_trailers(respond::response_trailers(trailers.as_ref(), deadline));
     ctx.waker.wake();
     Ok(())
-}
-
-fn push_headers(out: &mut Vec<Header>, map: &http::HeaderMap, deadline: Option<Instant>) {
-    let expired = deadline.is_some_and(|d| Instant::now() >= d);
-    for (name, value) in map {
-        // A component's own deadline handling answers CANCELLED; to the
-        // client the deadline it set has passed.
-        if expired && name == "grpc-status" && value == "1" {
-            out.push(Header::new(b"grpc-status", b"4"));
-            continue;
-        }
-        out.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
-    }
 }
 
 #[cfg(test)]

@@ -229,12 +229,9 @@ impl Shard {
         let errors = Rc::clone(&self.stats.errors);
         let shard = self.index;
         glommio::spawn_local(async move {
-            match call::run(ctx, call.headers).await {
-                None | Some(CallError::Cancelled) => {}
-                Some(error) => {
-                    errors.set(errors.get() + 1);
-                    tracing::debug!(shard, %error, "call answered by the data plane");
-                }
+            if let Some(error) = call::run(ctx, call.headers).await.filter(CallError::counts) {
+                errors.set(errors.get() + 1);
+                tracing::debug!(shard, %error, "call answered by the data plane");
             }
         })
         .detach();
