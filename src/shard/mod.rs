@@ -8,9 +8,13 @@
 mod accept;
 mod call;
 mod conn;
+#[cfg(test)]
+mod conn_tests;
 mod endpoint;
 mod flush;
 mod grpc;
+#[cfg(test)]
+mod pipe;
 mod respond;
 mod signal;
 mod stream;
