@@ -25,6 +25,16 @@ if ! command -v cargo >/dev/null; then
     echo "setup.sh: cargo not found: install a Rust toolchain (rustup) first" >&2
     exit 1
 fi
+# rustfmt and clippy: scripts/test.sh checks formatting and lints first.
+for tool in fmt:rustfmt clippy:clippy; do
+    if ! cargo "${tool%%:*}" --version >/dev/null 2>&1; then
+        if ! command -v rustup >/dev/null; then
+            echo "setup.sh: cargo ${tool%%:*} not found and no rustup to add ${tool#*:}" >&2
+            exit 1
+        fi
+        rustup component add "${tool#*:}"
+    fi
+done
 # aioquic: the independent HTTP/3 client the data-plane tests drive
 # (tests/peers/aioquic_grpc.py).
 if ! python3 -c 'import aioquic' 2>/dev/null; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian machine and runs every test: the benchmarks in quick
+# Sets up a fresh Debian machine and runs every test: formatting and clippy
+# (warnings are errors), the benchmarks in quick
 # mode (so they cannot rot; no timing is asserted; test profile, sparing CI a
 # release build), then the unit tests, the integration tests that drive the
 # real vimanad binary over its CRI socket and HTTP/3 (as root: containers get
@@ -9,6 +10,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
+# Style and lints first, before the long tests (tests/linters.rs adds the
+# SAFETY-comment and plane-boundary rules to the tests below).
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
 scripts/build-example-image.sh debug >/dev/null
 
 for bench in cri_start pull startup e2e primitives capacity; do

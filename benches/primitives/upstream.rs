@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use vimanad::pool::{ComponentName, PodId, PodPool, Route, Snapshot};
-use vimanad::shard::bench::{key, Upstreams};
+use vimanad::shard::bench::Upstreams;
 
 use crate::args::Config;
 use crate::report::Row;
@@ -104,11 +104,11 @@ pub fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {
             // sender on the first for the baseline: the same connection.
             let mut baseline_sender = None;
             for endpoint in endpoints {
-                let sender = upstreams
-                    .checkout(endpoint)
+                let (outstanding, ready) = upstreams.checkout(endpoint);
+                let sender = ready
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e}", endpoint.socket.display()));
-                upstreams.release_key(key(endpoint));
+                drop(outstanding); // released
                 baseline_sender.get_or_insert(sender);
             }
             let sender = baseline_sender.expect("one pod at least");
@@ -122,14 +122,13 @@ pub fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {
                         // What call.rs does before sending the request.
                         upstreams.follow(black_box(&snapshot));
                         let endpoint = upstreams.pick(black_box(endpoints));
-                        let key = key(endpoint);
-                        let ready = upstreams
-                            .checkout(endpoint)
+                        let (outstanding, ready) = upstreams.checkout(endpoint);
+                        let ready = ready
                             .now_or_never()
                             .expect("a ready checkout never yields")
                             .expect("connection alive");
                         black_box(&ready);
-                        upstreams.release_key(key);
+                        drop(outstanding); // the release
                     })
                 },
                 |w| {

@@ -1,7 +1,12 @@
 //! One gRPC call through the shard: validate, route, take an upstream
 //! HTTP/2 stream, pump both directions with backpressure, honour the
 //! deadline, and answer every failure with a gRPC status (`respond.rs`).
+//!
+//! A call sees only its [`CallContext`]: its end of the stream, the shard's
+//! routing reader and upstream pool, and a waker for its connection. It
+//! never sends and never touches the connection or the shard.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -12,38 +17,36 @@ use h2::client::ResponseFuture;
 use h2::SendStream;
 use quiche::h3::{Header, NameValue};
 
-use super::conn::{Conn, NewCall};
-use super::endpoint::Shard;
+use super::flush::ConnWaker;
 use super::grpc::{parse_timeout, FrameLimiter};
-use super::respond::{status_trailers, trailers_only, CallError};
-use super::stream::{self, Inbound, SharedStream};
-use super::upstream;
-use crate::pool::Route;
+use super::respond::{self, CallError};
+use super::stream::{CallStream, Inbound};
+use super::upstream::Upstreams;
+use crate::pool::{Reader, Route};
 
-/// Runs one call to completion; its stream's output ends with a status.
-pub async fn run(shard: Rc<Shard>, conn: Rc<Conn>, call: NewCall) {
-    let NewCall { headers, io, .. } = call;
-    if let Err(error) = proxy(&shard, &conn, &headers, &io).await {
-        if error != CallError::Cancelled {
-            shard.stats.errors.set(shard.stats.errors.get() + 1);
-            tracing::debug!(shard = shard.index, %error, "call answered by the data plane");
-        }
-        respond(&io, &error);
-    }
-    shard.wake(&conn);
+/// All a call may use.
+pub struct CallContext {
+    /// The call's end of its stream.
+    pub stream: CallStream,
+    /// The shard's routing snapshot reader.
+    pub routes: Rc<RefCell<Reader>>,
+    /// The shard's upstream pool.
+    pub upstreams: Rc<Upstreams>,
+    /// Asks for the call's connection to be flushed.
+    pub waker: ConnWaker,
+    /// Largest request message, in bytes.
+    pub max_message_size: usize,
 }
 
-fn respond(io: &SharedStream, error: &CallError) {
-    let mut io = io.borrow_mut();
-    if io.aborted || io.finished {
-        return;
+/// Runs one call to completion; its stream's output ends with a status.
+/// Returns the error the data plane answered with, if it did.
+pub async fn run(ctx: CallContext, headers: Vec<Header>) -> Option<CallError> {
+    let outcome = proxy(&ctx, &headers).await.err();
+    if let Some(error) = &outcome {
+        respond::answer(&ctx.stream, error);
     }
-    if !io.headers_sent && io.out_headers.is_none() {
-        io.out_headers = Some(trailers_only(error));
-        io.out_headers_fin = true;
-    } else {
-        io.out_trailers = Some(status_trailers(error));
-    }
+    ctx.waker.wake();
+    outcome
 }
 
 /// What the proxy needs of the request headers.
@@ -104,12 +107,7 @@ fn domain_of(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
-async fn proxy(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    headers: &[Header],
-    io: &SharedStream,
-) -> Result<(), CallError> {
+async fn proxy(ctx: &CallContext, headers: &[Header]) -> Result<(), CallError> {
     let request = parse_request(headers)?;
     let service = service_of(request.path).ok_or_else(|| {
         CallError::Unimplemented(format!("malformed gRPC path {:?}", request.path))
@@ -122,10 +120,12 @@ async fn proxy(
         domain.into()
     };
 
-    let (endpoint_key, connecting) = {
-        let mut routes = shard.routes.borrow_mut();
+    let upstreams = &*ctx.upstreams;
+    // Counted as outstanding on its upstream until this returns.
+    let (_outstanding, connecting) = {
+        let mut routes = ctx.routes.borrow_mut();
         let snapshot = routes.current();
-        shard.upstreams.follow(snapshot);
+        upstreams.follow(snapshot);
         let version = match snapshot.route(&domain, service, request.version) {
             Route::Serve(version) => version,
             Route::UnknownDomain => {
@@ -151,14 +151,13 @@ async fn proxy(
                 )))
             }
         };
-        let endpoint = shard.upstreams.pick(&version.endpoints);
-        let key = upstream::key(endpoint);
-        (key, shard.upstreams.checkout(endpoint))
+        let endpoint = upstreams.pick(&version.endpoints);
+        upstreams.checkout(endpoint)
     };
     let deadline = request.timeout.map(|t| Instant::now() + t);
     let result = async {
         let sender = connecting.await.map_err(CallError::Unavailable)?;
-        exchange(shard, conn, headers, &request, sender, io, deadline).await
+        exchange(ctx, headers, &request, sender, deadline).await
     };
     let result = match request.timeout {
         None => result.await,
@@ -173,17 +172,14 @@ async fn proxy(
             }
         }
     };
-    shard.upstreams.release_key(endpoint_key);
     result
 }
 
 async fn exchange(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
+    ctx: &CallContext,
     headers: &[Header],
     request: &Request<'_>,
     mut sender: h2::client::SendRequest<Bytes>,
-    io: &SharedStream,
     deadline: Option<Instant>,
 ) -> Result<(), CallError> {
     let upstream_request = build_request(headers, request)?;
@@ -192,12 +188,12 @@ async fn exchange(
         .map_err(|e| CallError::Unavailable(format!("the component refused the call: {e}")))?;
     // Whichever side fails first ends the call; dropping the other drops
     // the last handle on the HTTP/2 stream, which h2 resets (CANCEL).
-    let upload = std::pin::pin!(upload(shard, conn, io, body_tx));
-    let download = std::pin::pin!(download(shard, conn, io, response, deadline));
+    let upload = std::pin::pin!(upload(ctx, body_tx));
+    let download = std::pin::pin!(download(ctx, response, deadline));
     match select(upload, download).await {
         Either::Left((Ok(()), download)) => {
             // The request is complete; the client may still give up.
-            match select(download, std::pin::pin!(stream::aborted(io))).await {
+            match select(download, std::pin::pin!(ctx.stream.aborted())).await {
                 Either::Left((result, _)) => result,
                 Either::Right(_) => Err(CallError::Cancelled),
             }
@@ -239,31 +235,22 @@ fn build_request(
 
 /// Client → component, honouring HTTP/2 flow control and the message size
 /// limit.
-async fn upload(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    io: &SharedStream,
-    mut body_tx: SendStream<Bytes>,
-) -> Result<(), CallError> {
-    let result = upload_body(shard, conn, io, &mut body_tx).await;
+async fn upload(ctx: &CallContext, mut body_tx: SendStream<Bytes>) -> Result<(), CallError> {
+    let result = upload_body(ctx, &mut body_tx).await;
     if result.is_err() {
         body_tx.send_reset(h2::Reason::CANCEL);
     }
     result
 }
 
-async fn upload_body(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    io: &SharedStream,
-    body_tx: &mut SendStream<Bytes>,
-) -> Result<(), CallError> {
-    let mut limiter = FrameLimiter::new(shard.settings.max_message_size);
+async fn upload_body(ctx: &CallContext, body_tx: &mut SendStream<Bytes>) -> Result<(), CallError> {
+    let io = &ctx.stream;
+    let mut limiter = FrameLimiter::new(ctx.max_message_size);
     loop {
-        let was_full = !io.borrow().inbox_has_room();
-        let inbound = stream::recv(io).await;
-        if was_full || io.borrow().body_pending {
-            shard.wake(conn); // room again: let quiche hand over more
+        let was_full = io.inbox_full();
+        let inbound = io.recv().await;
+        if was_full || io.body_pending() {
+            ctx.waker.wake(); // room again: let quiche hand over more
         }
         let mut data = match inbound {
             Inbound::Data(data) => data,
@@ -277,7 +264,7 @@ async fn upload_body(
         if let Err(len) = limiter.feed(&data) {
             return Err(CallError::ResourceExhausted(format!(
                 "request message of {len} bytes exceeds the limit of {} bytes",
-                shard.settings.max_message_size
+                ctx.max_message_size
             )));
         }
         while !data.is_empty() {
@@ -305,25 +292,18 @@ async fn upload_body(
 
 /// Component → client: headers, messages, trailers.
 async fn download(
-    shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    io: &SharedStream,
+    ctx: &CallContext,
     response: ResponseFuture,
     deadline: Option<Instant>,
 ) -> Result<(), CallError> {
+    let io = &ctx.stream;
     let unavailable =
         |e: h2::Error| CallError::Unavailable(format!("the component failed the call: {e}"));
     let response = response.await.map_err(unavailable)?;
     let (parts, mut body) = response.into_parts();
-    let mut out = Vec::with_capacity(parts.headers.len() + 1);
-    out.push(Header::new(b":status", parts.status.as_str().as_bytes()));
-    push_headers(&mut out, &parts.headers, deadline);
-    {
-        let mut s = io.borrow_mut();
-        s.out_headers_fin = body.is_end_stream();
-        s.out_headers = Some(out);
-    }
-    shard.wake(conn);
+    let headers = respond::response_headers(parts.status, &parts.headers, deadline);
+    io.send_headers(headers, body.is_end_stream());
+    ctx.waker.wake();
     if body.is_end_stream() {
         return Ok(()); // trailers-only
     }
@@ -331,40 +311,16 @@ async fn download(
         let chunk = chunk.map_err(unavailable)?;
         let len = chunk.len();
         let _ = body.flow_control().release_capacity(len);
-        {
-            let mut s = io.borrow_mut();
-            s.outbox_bytes += len;
-            s.outbox.push_back(chunk);
-        }
-        shard.wake(conn);
-        if !stream::writable(io).await {
+        io.push_outbound(chunk);
+        ctx.waker.wake();
+        if !io.writable().await {
             return Err(CallError::Cancelled);
         }
     }
     let trailers = body.trailers().await.map_err(unavailable)?;
-    let mut out = Vec::new();
-    match trailers {
-        Some(trailers) => push_headers(&mut out, &trailers, deadline),
-        None => out.extend(status_trailers(&CallError::Unavailable(
-            "the component ended the call without a status".into(),
-        ))),
-    }
-    io.borrow_mut().out_trailers = Some(out);
-    shard.wake(conn);
+    io.send_trailers(respond::response_trailers(trailers.as_ref(), deadline));
+    ctx.waker.wake();
     Ok(())
-}
-
-fn push_headers(out: &mut Vec<Header>, map: &http::HeaderMap, deadline: Option<Instant>) {
-    let expired = deadline.is_some_and(|d| Instant::now() >= d);
-    for (name, value) in map {
-        // A component's own deadline handling answers CANCELLED; to the
-        // client the deadline it set has passed.
-        if expired && name == "grpc-status" && value == "1" {
-            out.push(Header::new(b"grpc-status", b"4"));
-            continue;
-        }
-        out.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
-    }
 }
 
 #[cfg(test)]

@@ -2,20 +2,21 @@
 //! calls, feeding request bodies to them and their responses back to quiche.
 //!
 //! Everything here is synchronous and runs on the shard's thread between
-//! awaits; no borrow of a connection is ever held across an await.
+//! awaits; no borrow of a connection is ever held across an await. It knows
+//! neither the shard nor the calls: [`Conn::service`] returns the calls to
+//! start, and each stream's state changes only through its two ends
+//! (stream.rs).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiche::h3;
 
-use super::endpoint::Shard;
-use super::stream::{SharedStream, StreamIo};
+use super::signal::Signal;
+use super::stream::{self, CallStream, ConnStream};
 
 /// The H3_NO_ERROR code for stopping a stream's read side politely.
 const H3_NO_ERROR: u64 = 0x100;
@@ -28,30 +29,39 @@ const ACK_HOLD: Duration = Duration::from_millis(1);
 /// The least credit worth a body write (see [`worth_writing`]).
 const MIN_BODY_WRITE: usize = 64;
 
+/// What every connection of a shard is configured with.
+pub struct ConnSettings {
+    pub h3: h3::Config,
+    /// Concurrent streams per connection; more are refused.
+    pub max_streams: usize,
+    /// The shard's index, for logs.
+    pub shard: usize,
+}
+
 pub struct Conn {
-    pub inner: RefCell<ConnInner>,
+    inner: RefCell<ConnInner>,
     /// Wakes the connection's timer task when its timeout may have changed.
-    pub signal: Signal,
+    signal: Signal,
     /// Waiting in the shard's flush queue.
-    pub queued: Cell<bool>,
+    queued: Cell<bool>,
     /// Output held back until then (see [`Conn::hold`]).
     hold_until: Cell<Option<Instant>>,
 }
 
-pub struct ConnInner {
-    pub quic: quiche::Connection,
-    pub h3: Option<h3::Connection>,
-    pub streams: HashMap<u64, SharedStream>,
+struct ConnInner {
+    quic: quiche::Connection,
+    h3: Option<h3::Connection>,
+    streams: HashMap<u64, ConnStream>,
     /// A graceful close has begun: no new calls.
-    pub draining: bool,
+    draining: bool,
     /// Calls wrote to quiche since the last send.
-    pub wrote: bool,
+    wrote: bool,
 }
 
-/// A call to start: the stream's headers, and its I/O.
+/// A call to start: the stream's headers, and the call's end of it.
 pub struct NewCall {
     pub headers: Vec<h3::Header>,
-    pub io: SharedStream,
+    pub stream: CallStream,
 }
 
 impl Conn {
@@ -72,7 +82,7 @@ impl Conn {
 
     /// Hands quiche's news to the calls and the calls' output to quiche.
     /// Returns the calls to start.
-    pub fn service(&self, shard: &Shard) -> Vec<NewCall> {
+    pub fn service(&self, settings: &ConnSettings) -> Vec<NewCall> {
         let mut new_calls = Vec::new();
         let mut inner = self.inner.borrow_mut();
         let ConnInner {
@@ -84,19 +94,19 @@ impl Conn {
         } = &mut *inner;
         if quic.is_closed() {
             for io in streams.values() {
-                io.borrow_mut().abort();
+                io.abort();
             }
             streams.clear();
             return new_calls;
         }
         if h3.is_none() && (quic.is_established() || quic.is_in_early_data()) {
-            match h3::Connection::with_transport(quic, &shard.h3_config) {
+            match h3::Connection::with_transport(quic, &settings.h3) {
                 Ok(conn) => {
                     *h3 = Some(conn);
                     *wrote = true; // SETTINGS
                 }
                 Err(e) => {
-                    tracing::debug!(shard = shard.index, error = %e, "HTTP/3 setup failed");
+                    tracing::debug!(shard = settings.shard, error = %e, "HTTP/3 setup failed");
                     let _ = quic.close(true, 0x101, b"h3 setup failed");
                     return new_calls;
                 }
@@ -112,7 +122,7 @@ impl Conn {
                         if streams.contains_key(&stream_id) {
                             continue; // request trailers: gRPC clients send none
                         }
-                        if *draining || streams.len() >= shard.settings.max_streams_per_conn {
+                        if *draining || streams.len() >= settings.max_streams {
                             let _ = quic.stream_shutdown(
                                 stream_id,
                                 quiche::Shutdown::Read,
@@ -125,13 +135,15 @@ impl Conn {
                             );
                             continue;
                         }
-                        let io: SharedStream = Rc::new(RefCell::new(StreamIo::default()));
-                        io.borrow_mut().body_pending = true;
-                        streams.insert(stream_id, Rc::clone(&io));
-                        new_calls.push(NewCall { headers: list, io });
+                        let (conn_end, call_end) = stream::open();
+                        streams.insert(stream_id, conn_end);
+                        new_calls.push(NewCall {
+                            headers: list,
+                            stream: call_end,
+                        });
                     }
                     Ok((stream_id, h3::Event::Data)) => match streams.get(&stream_id) {
-                        Some(io) => io.borrow_mut().body_pending = true,
+                        Some(io) => io.body_arrived(),
                         None => {
                             let _ = quic.stream_shutdown(
                                 stream_id,
@@ -142,20 +154,18 @@ impl Conn {
                     },
                     Ok((stream_id, h3::Event::Finished)) => {
                         if let Some(io) = streams.get(&stream_id) {
-                            let mut io = io.borrow_mut();
-                            io.request_fin = true;
-                            io.wake_reader();
+                            io.request_finished();
                         }
                     }
                     Ok((stream_id, h3::Event::Reset(_))) => {
                         if let Some(io) = streams.remove(&stream_id) {
-                            io.borrow_mut().abort();
+                            io.abort();
                         }
                     }
                     Ok((_, h3::Event::PriorityUpdate | h3::Event::GoAway)) => {}
                     Err(h3::Error::Done) => break,
                     Err(e) => {
-                        tracing::debug!(shard = shard.index, error = %e, "HTTP/3 connection error");
+                        tracing::debug!(shard = settings.shard, error = %e, "HTTP/3 connection error");
                         break;
                     }
                 }
@@ -165,9 +175,8 @@ impl Conn {
             // nothing new.
             let mut read_any = false;
             for (&stream_id, io) in streams.iter() {
-                let mut io = io.borrow_mut();
-                if io.body_pending && io.inbox_has_room() {
-                    read_any |= pull_body(h3, quic, stream_id, &mut io, &mut scratch);
+                if io.wants_body() {
+                    read_any |= pull_body(h3, quic, stream_id, io, &mut scratch);
                 }
             }
             if !read_any {
@@ -189,21 +198,19 @@ impl Conn {
             .collect();
         for stream_id in stopped {
             if let Some(io) = streams.remove(&stream_id) {
-                io.borrow_mut().abort();
+                io.abort();
             }
         }
 
         streams.retain(|&stream_id, io| {
-            let mut io = io.borrow_mut();
-            if io.has_output() && worth_writing(quic, stream_id, &io) {
-                write_output(h3, quic, stream_id, &mut io);
+            if io.has_output() && worth_writing(quic, stream_id, io) {
+                write_output(h3, quic, stream_id, io);
                 *wrote = true;
             }
-            if io.finished && !io.request_fin {
+            if io.answered_early() {
                 // Answered before the request ended (an error): the rest
                 // of the request is not wanted.
                 let _ = quic.stream_shutdown(stream_id, quiche::Shutdown::Read, H3_NO_ERROR);
-                io.request_fin = true;
             }
             !io.is_complete()
         });
@@ -270,6 +277,54 @@ impl Conn {
         self.inner.borrow().quic.is_closed()
     }
 
+    /// Gives quiche one received datagram.
+    pub fn recv(&self, buf: &mut [u8], info: quiche::RecvInfo) -> quiche::Result<usize> {
+        self.inner.borrow_mut().quic.recv(buf, info)
+    }
+
+    /// Takes quiche's next datagram to send into `out`;
+    /// `Err(quiche::Error::Done)` when it has none.
+    pub fn send(&self, out: &mut [u8]) -> quiche::Result<(usize, quiche::SendInfo)> {
+        self.inner.borrow_mut().quic.send(out)
+    }
+
+    /// Closes the connection (the CONNECTION_CLOSE goes out on the next
+    /// send).
+    pub fn close(&self, app: bool, code: u64, reason: &[u8]) {
+        let _ = self.inner.borrow_mut().quic.close(app, code, reason);
+    }
+
+    /// When quiche's next timer fires, from now.
+    pub fn quic_timeout(&self) -> Option<Duration> {
+        self.inner.borrow().quic.timeout()
+    }
+
+    /// quiche's timer fired.
+    pub fn on_timeout(&self) {
+        self.inner.borrow_mut().quic.on_timeout();
+    }
+
+    /// Marks the connection as waiting in the flush queue; false if it
+    /// already was.
+    pub fn enqueue(&self) -> bool {
+        !self.queued.replace(true)
+    }
+
+    /// The flusher took the connection off its queue.
+    pub fn dequeue(&self) {
+        self.queued.set(false);
+    }
+
+    /// Tells the timer task its timeout may have changed.
+    pub fn notify_timer(&self) {
+        self.signal.notify();
+    }
+
+    /// The timer task's wait for [`Conn::notify_timer`].
+    pub async fn timer_changed(&self) {
+        self.signal.wait().await
+    }
+
     pub fn stream_count(&self) -> usize {
         self.inner.borrow().streams.len()
     }
@@ -280,9 +335,9 @@ impl Conn {
 /// that does not read acknowledges, and its acknowledgement brings us
 /// back here: a ping-pong as fast as the loopback. Below
 /// [`MIN_BODY_WRITE`] bytes only headers and trailers are tried.
-fn worth_writing(quic: &mut quiche::Connection, stream_id: u64, io: &StreamIo) -> bool {
+fn worth_writing(quic: &mut quiche::Connection, stream_id: u64, io: &ConnStream) -> bool {
     match quic.stream_capacity(stream_id) {
-        Ok(credit) => credit >= MIN_BODY_WRITE || (io.outbox.is_empty() && credit > 0),
+        Ok(credit) => credit >= MIN_BODY_WRITE || (!io.has_body() && credit > 0),
         Err(_) => true, // the write reports it
     }
 }
@@ -293,7 +348,7 @@ fn pull_body(
     h3: &mut h3::Connection,
     quic: &mut quiche::Connection,
     stream_id: u64,
-    io: &mut StreamIo,
+    io: &ConnStream,
     scratch: &mut [u8],
 ) -> bool {
     let mut changed = false;
@@ -304,8 +359,7 @@ fn pull_body(
                 changed = true;
             }
             Err(h3::Error::Done) => {
-                io.body_pending = false;
-                io.wake_reader();
+                io.body_drained();
                 return true;
             }
             Err(_) => {
@@ -317,23 +371,24 @@ fn pull_body(
     changed
 }
 
+/// Hands the stream's waiting output to quiche: headers, then body, then
+/// trailers, as far as quiche takes them.
 fn write_output(
     h3: &mut h3::Connection,
     quic: &mut quiche::Connection,
     stream_id: u64,
-    io: &mut StreamIo,
+    io: &ConnStream,
 ) {
-    if let Some(headers) = io.out_headers.take() {
-        match h3.send_response(quic, stream_id, &headers, io.out_headers_fin) {
+    if let Some((headers, fin)) = io.take_headers() {
+        match h3.send_response(quic, stream_id, &headers, fin) {
             Ok(()) => {
-                io.headers_sent = true;
-                if io.out_headers_fin {
-                    io.finished = true;
+                io.headers_sent(fin);
+                if fin {
                     return;
                 }
             }
             Err(h3::Error::StreamBlocked | h3::Error::Done) => {
-                io.out_headers = Some(headers);
+                io.headers_unsent(headers);
                 return;
             }
             Err(_) => {
@@ -342,61 +397,20 @@ fn write_output(
             }
         }
     }
-    while let Some(chunk) = io.outbox.front_mut() {
-        match h3.send_body(quic, stream_id, chunk, false) {
-            Ok(n) => {
-                io.outbox_bytes -= n;
-                if n == chunk.len() {
-                    io.outbox.pop_front();
-                } else {
-                    let _ = chunk.split_to(n);
-                    break;
-                }
-            }
-            Err(h3::Error::Done | h3::Error::StreamBlocked) => break,
-            Err(_) => {
-                io.abort();
-                return;
-            }
-        }
+    let written = io.write_body(|chunk| match h3.send_body(quic, stream_id, chunk, false) {
+        Ok(n) => Ok(Some(n)),
+        Err(h3::Error::Done | h3::Error::StreamBlocked) => Ok(None),
+        Err(_) => Err(()),
+    });
+    if !written {
+        io.abort();
+        return;
     }
-    io.wake_writer();
-    if io.outbox.is_empty() {
-        if let Some(trailers) = io.out_trailers.take() {
-            match h3.send_additional_headers(quic, stream_id, &trailers, true, true) {
-                Ok(()) => io.finished = true,
-                Err(h3::Error::StreamBlocked | h3::Error::Done) => io.out_trailers = Some(trailers),
-                Err(_) => io.abort(),
-            }
+    if let Some(trailers) = io.take_trailers() {
+        match h3.send_additional_headers(quic, stream_id, &trailers, true, true) {
+            Ok(()) => io.trailers_sent(),
+            Err(h3::Error::StreamBlocked | h3::Error::Done) => io.trailers_unsent(trailers),
+            Err(_) => io.abort(),
         }
-    }
-}
-
-/// A one-slot, shard-local wake-up: `notify` before or during `wait` is
-/// never lost.
-#[derive(Default)]
-pub struct Signal {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Signal {
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
     }
 }

@@ -5,13 +5,21 @@
 //! published routing snapshot (`crate::pool::Reader`) and never touches
 //! `control`. Nothing on the request path takes a lock or crosses cores.
 
+mod accept;
 mod call;
 mod conn;
+#[cfg(test)]
+mod conn_tests;
 mod endpoint;
+mod flush;
 mod grpc;
+#[cfg(test)]
+mod pipe;
 mod respond;
+mod signal;
 mod stream;
 pub mod tls;
+mod token;
 mod udp;
 mod upstream;
 

@@ -1,11 +1,16 @@
-//! One HTTP/3 request stream as its call task sees it: a bounded inbox of
-//! request body bytes filled by the connection, and a bounded outbox of
-//! response headers, body and trailers drained into QUIC by the connection.
+//! One HTTP/3 request stream between its connection and its call task: a
+//! bounded inbox of request body bytes filled by the connection, and a
+//! bounded outbox of response headers, body and trailers drained into QUIC
+//! by the connection.
 //!
-//! Both sides are bounded so backpressure holds end to end: a full inbox
-//! leaves data in quiche (QUIC flow control stops the client); a full
-//! outbox stops the call task reading from HTTP/2 (HTTP/2 flow control
-//! stops the component). Shard-local: `Rc`/`RefCell`, no locks.
+//! The state is private; each side changes it only through its own end:
+//! [`ConnStream`] (the connection: request bytes in, response out to quiche,
+//! aborts) and [`CallStream`] (the call task: request bytes out, response
+//! in). Both directions are bounded so backpressure holds end to end: a full
+//! inbox leaves data in quiche (QUIC flow control stops the client); a full
+//! outbox stops the call task reading from HTTP/2 (HTTP/2 flow control stops
+//! the component). Shard-local: `Rc`/`RefCell`, no locks, and no borrow is
+//! held across an await.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -19,40 +24,50 @@ use quiche::h3::Header;
 /// Bytes buffered per stream in each direction before pushing back.
 pub const STREAM_BUFFER: usize = 256 * 1024;
 
+/// The shared state of one stream (private: see the two ends).
 #[derive(Default)]
-pub struct StreamIo {
+struct StreamIo {
     // Request direction (client → component).
-    pub inbox: VecDeque<Bytes>,
-    pub inbox_bytes: usize,
-    /// The client finished its request body.
-    pub request_fin: bool,
+    inbox: VecDeque<Bytes>,
+    inbox_bytes: usize,
+    /// The client finished its request body (or its rest is not wanted).
+    request_fin: bool,
     /// quiche holds body bytes we did not take (inbox was full).
-    pub body_pending: bool,
+    body_pending: bool,
     reader: Option<Waker>,
 
     // Response direction (component → client).
-    pub out_headers: Option<Vec<Header>>,
+    out_headers: Option<Vec<Header>>,
     /// The headers end the response (trailers-only or an HTTP error).
-    pub out_headers_fin: bool,
-    pub outbox: VecDeque<Bytes>,
-    pub outbox_bytes: usize,
-    pub out_trailers: Option<Vec<Header>>,
+    out_headers_fin: bool,
+    outbox: VecDeque<Bytes>,
+    outbox_bytes: usize,
+    out_trailers: Option<Vec<Header>>,
     /// The response was started (headers handed to quiche).
-    pub headers_sent: bool,
+    headers_sent: bool,
     /// The response was completed (FIN handed to quiche).
-    pub finished: bool,
+    finished: bool,
     writer: Option<Waker>,
     /// The call task waiting for nothing but an abort.
     watcher: Option<Waker>,
 
     /// The client reset the stream or stopped reading it, or the
     /// connection closed: the call is over.
-    pub aborted: bool,
+    aborted: bool,
 }
 
-pub type SharedStream = Rc<RefCell<StreamIo>>;
+/// Opens a stream whose request headers just arrived (its body, if any,
+/// is still in quiche): the connection's end and the call's end.
+pub fn open() -> (ConnStream, CallStream) {
+    let io = Rc::new(RefCell::new(StreamIo {
+        body_pending: true,
+        ..StreamIo::default()
+    }));
+    (ConnStream(Rc::clone(&io)), CallStream(io))
+}
 
 /// What the call task's next read of the request body gives.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     Data(Bytes),
     End,
@@ -60,96 +75,412 @@ pub enum Inbound {
 }
 
 impl StreamIo {
-    pub fn has_output(&self) -> bool {
-        !self.finished
-            && (self.out_headers.is_some()
-                || !self.outbox.is_empty()
-                || self.out_trailers.is_some())
-    }
-
-    pub fn inbox_has_room(&self) -> bool {
-        self.inbox_bytes < STREAM_BUFFER
-    }
-
-    pub fn push_inbound(&mut self, data: Bytes) {
-        self.inbox_bytes += data.len();
-        self.inbox.push_back(data);
-        self.wake_reader();
-    }
-
-    pub fn wake_reader(&mut self) {
+    fn wake_reader(&mut self) {
         if let Some(w) = self.reader.take() {
             w.wake();
         }
     }
 
-    pub fn wake_writer(&mut self) {
+    fn wake_writer(&mut self) {
         if let Some(w) = self.writer.take() {
             w.wake();
         }
     }
 
-    /// The connection is gone or the client gave up.
-    pub fn abort(&mut self) {
-        self.aborted = true;
-        self.wake_reader();
-        self.wake_writer();
-        if let Some(w) = self.watcher.take() {
+    fn inbox_has_room(&self) -> bool {
+        self.inbox_bytes < STREAM_BUFFER
+    }
+}
+
+/// The connection's end: request body in from quiche, response out to it.
+pub struct ConnStream(Rc<RefCell<StreamIo>>);
+
+impl ConnStream {
+    /// quiche has (more) request body for this stream.
+    pub fn body_arrived(&self) {
+        self.0.borrow_mut().body_pending = true;
+    }
+
+    /// Whether quiche holds body bytes and the inbox has room for them.
+    pub fn wants_body(&self) -> bool {
+        let s = self.0.borrow();
+        s.body_pending && s.inbox_has_room()
+    }
+
+    pub fn inbox_has_room(&self) -> bool {
+        self.0.borrow().inbox_has_room()
+    }
+
+    /// Request body bytes for the call.
+    pub fn push_inbound(&self, data: Bytes) {
+        let mut s = self.0.borrow_mut();
+        s.inbox_bytes += data.len();
+        s.inbox.push_back(data);
+        s.wake_reader();
+    }
+
+    /// quiche has no more body for now.
+    pub fn body_drained(&self) {
+        let mut s = self.0.borrow_mut();
+        s.body_pending = false;
+        s.wake_reader();
+    }
+
+    /// The client finished its request.
+    pub fn request_finished(&self) {
+        let mut s = self.0.borrow_mut();
+        s.request_fin = true;
+        s.wake_reader();
+    }
+
+    /// The connection is gone or the client gave up: wakes every waiter of
+    /// the call.
+    pub fn abort(&self) {
+        let mut s = self.0.borrow_mut();
+        s.aborted = true;
+        s.wake_reader();
+        s.wake_writer();
+        if let Some(w) = s.watcher.take() {
             w.wake();
         }
     }
 
-    /// The call is done and everything it produced has been written.
+    /// Something for quiche: headers, body or trailers not yet written.
+    pub fn has_output(&self) -> bool {
+        let s = self.0.borrow();
+        !s.finished && (s.out_headers.is_some() || !s.outbox.is_empty() || s.out_trailers.is_some())
+    }
+
+    /// Whether response body bytes wait (not headers or trailers alone).
+    pub fn has_body(&self) -> bool {
+        !self.0.borrow().outbox.is_empty()
+    }
+
+    /// The response headers to write, if they wait, and whether they end
+    /// the stream. Give them back with [`ConnStream::headers_unsent`] when
+    /// quiche takes none.
+    pub fn take_headers(&self) -> Option<(Vec<Header>, bool)> {
+        let mut s = self.0.borrow_mut();
+        let headers = s.out_headers.take()?;
+        Some((headers, s.out_headers_fin))
+    }
+
+    /// quiche took the headers; `fin` if they ended the response.
+    pub fn headers_sent(&self, fin: bool) {
+        let mut s = self.0.borrow_mut();
+        s.headers_sent = true;
+        if fin {
+            s.finished = true;
+        }
+    }
+
+    /// quiche could not take the headers now: they go on a later write.
+    pub fn headers_unsent(&self, headers: Vec<Header>) {
+        self.0.borrow_mut().out_headers = Some(headers);
+    }
+
+    /// Writes queued body bytes through `write` (which returns how many it
+    /// took, or `None` when it took nothing and the write should stop) until
+    /// the outbox is empty or `write` stops; then wakes a call waiting for
+    /// room. Returns `false` if `write` failed the stream (`Err`).
+    pub fn write_body(&self, mut write: impl FnMut(&[u8]) -> Result<Option<usize>, ()>) -> bool {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        while let Some(chunk) = s.outbox.front_mut() {
+            match write(chunk) {
+                Ok(Some(n)) => {
+                    s.outbox_bytes -= n;
+                    if n == chunk.len() {
+                        s.outbox.pop_front();
+                    } else {
+                        let _ = chunk.split_to(n);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(()) => return false,
+            }
+        }
+        s.wake_writer();
+        true
+    }
+
+    /// The trailers to write once the body is out, if they wait.
+    pub fn take_trailers(&self) -> Option<Vec<Header>> {
+        let mut s = self.0.borrow_mut();
+        if !s.outbox.is_empty() {
+            return None;
+        }
+        s.out_trailers.take()
+    }
+
+    /// quiche could not take the trailers now: they go on a later write.
+    pub fn trailers_unsent(&self, trailers: Vec<Header>) {
+        self.0.borrow_mut().out_trailers = Some(trailers);
+    }
+
+    /// quiche took the trailers (and the FIN).
+    pub fn trailers_sent(&self) {
+        self.0.borrow_mut().finished = true;
+    }
+
+    /// Whether the response is complete while the request is not: the
+    /// call answered early (an error), so the rest of the request is not
+    /// wanted. Counts the request as ended: true once.
+    pub fn answered_early(&self) -> bool {
+        let mut s = self.0.borrow_mut();
+        if s.finished && !s.request_fin {
+            s.request_fin = true;
+            return true;
+        }
+        false
+    }
+
+    /// The call is done and everything it produced has been written, or
+    /// the stream was aborted: the connection forgets it.
     pub fn is_complete(&self) -> bool {
-        self.finished || self.aborted
+        let s = self.0.borrow();
+        s.finished || s.aborted
     }
 }
 
-/// Takes the next piece of request body, waiting for it.
-pub async fn recv(io: &SharedStream) -> Inbound {
-    poll_fn(|cx| {
-        let mut s = io.borrow_mut();
-        if s.aborted {
-            return Poll::Ready(Inbound::Aborted);
-        }
-        if let Some(data) = s.inbox.pop_front() {
-            s.inbox_bytes -= data.len();
-            return Poll::Ready(Inbound::Data(data));
-        }
-        if s.request_fin && !s.body_pending {
-            return Poll::Ready(Inbound::End);
-        }
-        s.reader = Some(cx.waker().clone());
-        Poll::Pending
-    })
-    .await
+/// The call task's end: request body out, response in.
+pub struct CallStream(Rc<RefCell<StreamIo>>);
+
+impl CallStream {
+    /// Whether the inbox is full (quiche keeps the rest of the body).
+    pub fn inbox_full(&self) -> bool {
+        !self.0.borrow().inbox_has_room()
+    }
+
+    /// Whether quiche still holds body bytes the inbox did not take.
+    pub fn body_pending(&self) -> bool {
+        self.0.borrow().body_pending
+    }
+
+    /// Takes the next piece of request body, waiting for it.
+    pub async fn recv(&self) -> Inbound {
+        poll_fn(|cx| {
+            let mut s = self.0.borrow_mut();
+            if s.aborted {
+                return Poll::Ready(Inbound::Aborted);
+            }
+            if let Some(data) = s.inbox.pop_front() {
+                s.inbox_bytes -= data.len();
+                return Poll::Ready(Inbound::Data(data));
+            }
+            if s.request_fin && !s.body_pending {
+                return Poll::Ready(Inbound::End);
+            }
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The response headers; `end` when they are the whole response
+    /// (trailers-only).
+    pub fn send_headers(&self, headers: Vec<Header>, end: bool) {
+        let mut s = self.0.borrow_mut();
+        s.out_headers_fin = end;
+        s.out_headers = Some(headers);
+    }
+
+    /// A piece of response body (the outbox may go over its bound by one
+    /// piece: wait for [`CallStream::writable`] before the next).
+    pub fn push_outbound(&self, chunk: Bytes) {
+        let mut s = self.0.borrow_mut();
+        s.outbox_bytes += chunk.len();
+        s.outbox.push_back(chunk);
+    }
+
+    /// The trailers ending the response.
+    pub fn send_trailers(&self, trailers: Vec<Header>) {
+        self.0.borrow_mut().out_trailers = Some(trailers);
+    }
+
+    /// Whether the response was started: headers queued or written.
+    pub fn response_started(&self) -> bool {
+        let s = self.0.borrow();
+        s.headers_sent || s.out_headers.is_some()
+    }
+
+    /// Whether nothing more can be answered: the client is gone or the
+    /// response is complete.
+    pub fn is_over(&self) -> bool {
+        let s = self.0.borrow();
+        s.aborted || s.finished
+    }
+
+    /// Waits until the outbox has room (or the stream is aborted: false).
+    pub async fn writable(&self) -> bool {
+        poll_fn(|cx| {
+            let mut s = self.0.borrow_mut();
+            if s.aborted {
+                return Poll::Ready(false);
+            }
+            if s.outbox_bytes < STREAM_BUFFER {
+                return Poll::Ready(true);
+            }
+            s.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when the client abandons the call.
+    pub async fn aborted(&self) {
+        poll_fn(|cx| {
+            let mut s = self.0.borrow_mut();
+            if s.aborted {
+                return Poll::Ready(());
+            }
+            s.watcher = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
 }
 
-/// Waits until the outbox has room (or the stream is aborted: false).
-pub async fn writable(io: &SharedStream) -> bool {
-    poll_fn(|cx| {
-        let mut s = io.borrow_mut();
-        if s.aborted {
-            return Poll::Ready(false);
-        }
-        if s.outbox_bytes < STREAM_BUFFER {
-            return Poll::Ready(true);
-        }
-        s.writer = Some(cx.waker().clone());
-        Poll::Pending
-    })
-    .await
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use std::future::Future;
 
-/// Resolves when the client abandons the call.
-pub async fn aborted(io: &SharedStream) {
-    poll_fn(|cx| {
-        let mut s = io.borrow_mut();
-        if s.aborted {
-            return Poll::Ready(());
-        }
-        s.watcher = Some(cx.waker().clone());
-        Poll::Pending
-    })
-    .await
+    fn headers(status: &str) -> Vec<Header> {
+        vec![Header::new(b":status", status.as_bytes())]
+    }
+
+    #[test]
+    fn the_body_ends_only_when_fin_came_and_quiche_holds_nothing() {
+        let (conn, call) = open();
+        // Headers arrived: the body may still be in quiche.
+        assert!(conn.wants_body() && call.body_pending());
+        assert_eq!(call.recv().now_or_never(), None);
+        conn.push_inbound(Bytes::from_static(b"abc"));
+        conn.request_finished();
+        assert_eq!(
+            call.recv().now_or_never(),
+            Some(Inbound::Data(Bytes::from_static(b"abc")))
+        );
+        // FIN seen but quiche may hold more: not the end yet.
+        assert_eq!(call.recv().now_or_never(), None);
+        conn.body_drained();
+        assert_eq!(call.recv().now_or_never(), Some(Inbound::End));
+    }
+
+    #[test]
+    fn a_full_inbox_stops_taking_body_until_the_call_reads() {
+        let (conn, call) = open();
+        conn.push_inbound(Bytes::from(vec![0u8; STREAM_BUFFER - 1]));
+        assert!(conn.wants_body() && !call.inbox_full());
+        conn.push_inbound(Bytes::from_static(b"x"));
+        assert!(!conn.wants_body() && !conn.inbox_has_room() && call.inbox_full());
+        assert!(
+            matches!(call.recv().now_or_never(), Some(Inbound::Data(d)) if d.len() == STREAM_BUFFER - 1)
+        );
+        assert!(conn.wants_body() && !call.inbox_full());
+        conn.body_drained();
+        assert!(!conn.wants_body() && !call.body_pending());
+    }
+
+    #[test]
+    fn a_waiting_reader_is_woken_by_data_fin_and_abort() {
+        let (conn, call) = open();
+        let mut recv = Box::pin(call.recv());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        conn.abort();
+        assert_eq!(recv.as_mut().poll(&mut cx), Poll::Ready(Inbound::Aborted));
+        // Aborted wins over buffered data: the call is over.
+        conn.push_inbound(Bytes::from_static(b"late"));
+        assert_eq!(call.recv().now_or_never(), Some(Inbound::Aborted));
+        assert_eq!(call.writable().now_or_never(), Some(false));
+        assert_eq!(call.aborted().now_or_never(), Some(()));
+        assert!(call.is_over() && conn.is_complete());
+    }
+
+    #[test]
+    fn a_response_goes_headers_body_trailers_then_completes() {
+        let (conn, call) = open();
+        assert!(!conn.has_output() && !call.response_started());
+        call.send_headers(headers("200"), false);
+        assert!(call.response_started() && conn.has_output());
+        call.push_outbound(Bytes::from_static(b"hello"));
+        call.send_trailers(headers("trailer"));
+
+        let Some((h, false)) = conn.take_headers() else {
+            panic!("headers first, not ending the stream")
+        };
+        assert_eq!(h, headers("200"));
+        conn.headers_sent(false);
+        assert!(conn.take_headers().is_none());
+        // Trailers wait behind the body.
+        assert!(conn.take_trailers().is_none());
+        // A short write keeps the rest.
+        let mut written = Vec::new();
+        assert!(conn.write_body(|b| {
+            written.extend_from_slice(&b[..2]);
+            Ok(Some(2))
+        }));
+        assert!(conn.has_body());
+        assert!(conn.write_body(|b| {
+            written.extend_from_slice(b);
+            Ok(Some(b.len()))
+        }));
+        assert_eq!(written, b"hello");
+        assert!(!conn.has_body());
+        let t = conn.take_trailers().expect("trailers after the body");
+        assert_eq!(t, headers("trailer"));
+        assert!(!conn.is_complete());
+        conn.trailers_sent();
+        assert!(conn.is_complete() && call.is_over() && !conn.has_output());
+    }
+
+    #[test]
+    fn blocked_output_is_given_back_and_written_later() {
+        let (conn, call) = open();
+        call.send_headers(headers("200"), true);
+        let (h, _) = conn.take_headers().expect("headers wait");
+        conn.headers_unsent(h);
+        assert!(conn.has_output());
+        let Some((_, true)) = conn.take_headers() else {
+            panic!("trailers-only headers end the stream")
+        };
+        conn.headers_sent(true);
+        assert!(conn.is_complete() && !conn.has_output());
+    }
+
+    #[test]
+    fn an_early_answer_ends_the_request_once() {
+        let (conn, call) = open();
+        assert!(!conn.answered_early());
+        call.send_headers(headers("200"), true);
+        let _ = conn.take_headers();
+        conn.headers_sent(true);
+        assert!(conn.answered_early());
+        assert!(!conn.answered_early());
+        // The request counts as ended for the call.
+        conn.body_drained();
+        assert_eq!(call.recv().now_or_never(), Some(Inbound::End));
+    }
+
+    #[test]
+    fn the_outbox_bound_makes_the_call_wait_until_written() {
+        let (conn, call) = open();
+        call.send_headers(headers("200"), false);
+        call.push_outbound(Bytes::from(vec![0u8; STREAM_BUFFER]));
+        let mut writable = Box::pin(call.writable());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(writable.as_mut().poll(&mut cx).is_pending());
+        assert!(conn.write_body(|_| Ok(None)));
+        assert!(writable.as_mut().poll(&mut cx).is_pending());
+        assert!(conn.write_body(|b| Ok(Some(b.len() / 2))));
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Ready(true));
+        // A failed write reports it; the connection then aborts.
+        assert!(!conn.write_body(|_| Err(())));
+    }
 }

@@ -6,10 +6,14 @@
 //! Two endpoints are the same upstream when they have the same pod ordinal
 //! and the same incarnation (a container started again serves the same
 //! socket path but is a new process): that pair is the pool key.
+//!
+//! A call counts as outstanding on its upstream from checkout until its
+//! [`Outstanding`] guard drops, whatever way the call ends. Opening the
+//! socket itself is [`open_socket`], the one place that connects to a pod.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -65,12 +69,16 @@ impl Upstreams {
         best
     }
 
-    /// A ready sender to `endpoint`, connecting if needed, with the call
-    /// counted as outstanding until [`Upstreams::release`].
+    /// Counts a call as outstanding on `endpoint` (until the returned guard
+    /// drops) and gives the future of a ready sender to it, connecting if
+    /// needed.
     pub fn checkout(
         &self,
         endpoint: &Endpoint,
-    ) -> impl std::future::Future<Output = Result<SendRequest<Bytes>, String>> + '_ {
+    ) -> (
+        Outstanding<'_>,
+        impl std::future::Future<Output = Result<SendRequest<Bytes>, String>> + '_,
+    ) {
         let key = key(endpoint);
         let connecting = {
             let mut map = self.map.borrow_mut();
@@ -81,7 +89,11 @@ impl Upstreams {
             upstream.outstanding += 1;
             upstream.connection.clone()
         };
-        async move {
+        let outstanding = Outstanding {
+            upstreams: self,
+            key,
+        };
+        let ready = async move {
             let sender = match connecting.await {
                 Ok(sender) => sender,
                 Err(e) => {
@@ -98,16 +110,17 @@ impl Upstreams {
                     Err(format!("connection to the component failed: {e}"))
                 }
             }
-        }
+        };
+        (outstanding, ready)
     }
 
-    pub fn release_key(&self, key: Key) {
+    fn release(&self, key: Key) {
         if let Some(u) = self.map.borrow_mut().get_mut(&key) {
             u.outstanding = u.outstanding.saturating_sub(1);
         }
     }
 
-    pub fn forget(&self, key: Key) {
+    fn forget(&self, key: Key) {
         self.map.borrow_mut().remove(&key);
     }
 
@@ -123,13 +136,37 @@ impl Upstreams {
     }
 }
 
+/// One call counted as outstanding on an upstream (for
+/// [`Upstreams::pick`]); released when dropped.
+#[must_use = "the call counts as outstanding only while the guard lives"]
+pub struct Outstanding<'a> {
+    upstreams: &'a Upstreams,
+    key: Key,
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.upstreams.release(self.key);
+    }
+}
+
 /// Bytes a component may send on one call before the shard takes them.
 const STREAM_WINDOW: u32 = 1 << 20;
 /// The largest window HTTP/2 allows (2^31 - 1).
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
+/// Opens the connection to a pod's socket: path → connected stream. The
+/// one place the data plane connects to a component (the path is in the
+/// pod's directory, which the component can change: keep every check of
+/// it here).
+async fn open_socket(path: &Path) -> std::io::Result<glommio::net::UnixStream> {
+    glommio::net::UnixStream::connect(path)
+        .await
+        .map_err(std::io::Error::from)
+}
+
 async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
-    let stream = glommio::net::UnixStream::connect(&socket)
+    let stream = open_socket(&socket)
         .await
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
     // Only the stream windows bound what a component may send ahead (the
@@ -183,17 +220,48 @@ mod tests {
         let (upstreams, endpoints) = (Upstreams::default(), endpoints(3));
         // Outstanding calls: #0 two, #1 one, #2 two (checkouts that are
         // never awaited only count; they connect nowhere).
-        for i in [0, 0, 1, 2, 2] {
-            drop(upstreams.checkout(&endpoints[i]));
-        }
+        let mut guards: Vec<_> = [0, 0, 1, 2, 2]
+            .into_iter()
+            .map(|i| upstreams.checkout(&endpoints[i]).0)
+            .collect();
         assert_eq!(ordinals(&upstreams, &endpoints, 3), [1, 1, 1]);
-        upstreams.release_key(key(&endpoints[0]));
-        upstreams.release_key(key(&endpoints[2]));
+        // Dropping a guard releases its call: #0 and #2 end one each.
+        drop(guards.remove(4));
+        drop(guards.remove(0));
         // Now all carry one: turns again.
         let picks = ordinals(&upstreams, &endpoints, 3);
         assert!(
             picks.contains(&0) && picks.contains(&1) && picks.contains(&2),
             "{picks:?}"
         );
+        drop(guards);
+    }
+
+    #[test]
+    fn a_guard_releases_on_every_way_out() {
+        let (upstreams, endpoints) = (Upstreams::default(), endpoints(2));
+        let load = |i: usize| {
+            upstreams
+                .map
+                .borrow()
+                .get(&key(&endpoints[i]))
+                .map_or(0, |u| u.outstanding)
+        };
+        let early_return = |fail: bool| -> Result<(), ()> {
+            let (_outstanding, _ready) = upstreams.checkout(&endpoints[0]);
+            if fail {
+                return Err(()); // an early return releases too
+            }
+            Ok(())
+        };
+        assert!(early_return(true).is_err());
+        assert!(early_return(false).is_ok());
+        assert_eq!(load(0), 0);
+        let (held, _) = upstreams.checkout(&endpoints[1]);
+        assert_eq!(load(1), 1);
+        // #1 is busy: #0 wins every pick.
+        assert_eq!(ordinals(&upstreams, &endpoints, 2), [0, 0]);
+        drop(held);
+        assert_eq!(load(1), 0);
     }
 }

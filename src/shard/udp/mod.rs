@@ -134,6 +134,8 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
     let len = match addr {
         SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger and at least as aligned as
+            // sockaddr_in, and `storage` is borrowed only through `sin` here.
             let sin = unsafe {
                 &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
             };
@@ -143,6 +145,7 @@ fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6 (also within the storage).
             let sin6 = unsafe {
                 &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
             };
