@@ -28,9 +28,11 @@ impl Runtime {
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
                     options: Some(cri::NamespaceOption {
-                        // Components share the node's network; the data
-                        // plane reaches them through their socket.
-                        network: cri::NamespaceMode::Node as i32,
+                        // The mode the pod asked for (the kubelet starts a
+                        // new sandbox when it differs from the pod's
+                        // hostNetwork); the data plane reaches components
+                        // through their socket either way.
+                        network: network_mode(&pod.config) as i32,
                         pid: cri::NamespaceMode::Container as i32,
                         ipc: cri::NamespaceMode::Container as i32,
                         ..Default::default()
@@ -139,6 +141,19 @@ impl Runtime {
                 image_id: c.image.id.clone(),
             })
             .collect()
+    }
+}
+
+fn network_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceMode {
+    let asked = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(0, |n| n.network);
+    match cri::NamespaceMode::try_from(asked) {
+        Ok(cri::NamespaceMode::Node) => cri::NamespaceMode::Node,
+        _ => cri::NamespaceMode::Pod,
     }
 }
 

@@ -23,7 +23,9 @@ impl Runtime {
                 "pod sandbox metadata needs a name, a uid and a namespace".into(),
             ));
         }
-        if req.runtime_handler != self.config.runtime_handler {
+        // "" is the runtime's default handler (a standalone kubelet, or a
+        // pod without runtimeClassName): vimanad's default is its own.
+        if !req.runtime_handler.is_empty() && req.runtime_handler != self.config.runtime_handler {
             return Err(Error::InvalidArgument(format!(
                 "runtime handler {:?} is not served here: vimanad runs pods of handler {:?} (set runtimeClassName to a RuntimeClass with that handler)",
                 req.runtime_handler, self.config.runtime_handler
