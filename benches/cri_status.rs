@@ -162,7 +162,10 @@ async fn main() {
     let rows = [
         ("PodSandboxStatus, idle", Stats::of(&idle_status)),
         ("ListContainers, idle", Stats::of(&idle_list)),
-        ("PodSandboxStatus, during mutations", Stats::of(&busy_status)),
+        (
+            "PodSandboxStatus, during mutations",
+            Stats::of(&busy_status),
+        ),
         ("ListContainers, during mutations", Stats::of(&busy_list)),
     ];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -67,11 +67,21 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
     assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
 
-    // Invalid transitions change nothing.
-    assert_eq!(
-        node.remove_pod(&a0).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
+    // Invalid transitions change nothing: a higher attempt beside a
+    // container that has not exited (one pod runs one container).
+    let sandbox = node.sandbox_config(&a0).await;
+    let mut config = container_config("component", &[]);
+    config.metadata.as_mut().unwrap().attempt = 1;
+    let err = node
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: a0.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
 
     // StartContainer, and its retry.
@@ -80,11 +90,6 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         node.start_container(pod).await.unwrap();
         assert_eq!(node.state(pod).await, cri::ContainerState::ContainerRunning);
     }
-    let err = node.remove_container(&a0).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
-    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerRunning);
-    let err = node.remove_pod(&a0).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     // What ContainerStatus reports.
     let status = node.container_status(&a0).await.unwrap().status.unwrap();
@@ -157,12 +162,15 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         node.container_status(&a0).await.unwrap_err().code(),
         Code::NotFound
     );
-    node.create(&a0, "component", &[]).await.unwrap();
-    node.start_container(&a0).await.unwrap();
+    // The new container has its own ID (IDs are never reused: a late
+    // RemoveContainer of the old one must not hit it).
+    let again = node.create(&a0, "component", &[]).await.unwrap();
+    assert_eq!(again, format!("{a0}.1"));
+    node.start_container(&again).await.unwrap();
 
     // StopPodSandbox from Running kills the container; then the kubelet's
     // usual order: RemoveContainer, RemovePodSandbox.
-    let pid = node.pid(&a0).await;
+    let pid = node.pid(&again).await;
     node.stop_pod(&a0).await.unwrap();
     node.stop_pod(&a0).await.unwrap();
     assert!(!is_alive(pid));
@@ -171,16 +179,19 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         pod_status.state,
         cri::PodSandboxState::SandboxNotready as i32
     );
-    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerExited);
+    assert_eq!(
+        node.state(&again).await,
+        cri::ContainerState::ContainerExited
+    );
     assert_eq!(
         node.create(&a0, "component", &[]).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
     assert_eq!(
-        node.start_container(&a0).await.unwrap_err().code(),
+        node.start_container(&again).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    node.remove_container(&a0).await.unwrap();
+    node.remove_container(&again).await.unwrap();
     let err = node.create(&a0, "again", &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     node.remove_pod(&a0).await.unwrap();
@@ -198,6 +209,26 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
     node.create(&a3, "component", &[]).await.unwrap();
     node.stop_pod(&a3).await.unwrap();
     node.remove_pod(&a3).await.unwrap();
+
+    // Removal is forced (CRI): RemoveContainer of a running container, and
+    // RemovePodSandbox of a running pod, stop and remove it.
+    let a4 = node.running_pod("a4", A).await;
+    let pid = node.pid(&a4).await;
+    node.remove_container(&a4).await.unwrap();
+    assert!(!is_alive(pid));
+    assert_eq!(
+        node.container_status(&a4).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    node.remove_pod(&a4).await.unwrap();
+    let a5 = node.running_pod("a5", A).await;
+    let pid = node.pid(&a5).await;
+    node.remove_pod(&a5).await.unwrap();
+    assert!(!is_alive(pid));
+    assert_eq!(
+        node.pod_status(&a5).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     // The others kept serving throughout; stop them the kubelet's way.
     for pod in [&a1, &b0] {

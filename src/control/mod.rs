@@ -14,6 +14,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod transaction;
 
 use std::future::Future;
 use std::path::Path;

@@ -2,12 +2,15 @@
 //! crash-safe database (redb) in the state directory.
 //!
 //! A CRI call that changes a pod writes the pod's whole record (one small
-//! JSON value) in one transaction before it returns success; a failed write
-//! fails the call, and the kubelet's retry (an idempotent repeat) writes
-//! it again. Only this module knows the database.
+//! JSON value) before it returns success; a failed write fails the call,
+//! and the kubelet's retry (an idempotent repeat) writes it again. Commits
+//! run on their own thread ([`Writer`]), in the order the records were
+//! taken, several calls' records in one commit when they queue up: the
+//! control thread keeps answering status calls while the disk syncs. Only
+//! this module knows the database.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -69,23 +72,6 @@ impl Db {
             .map_err(|e| Error::State(format!("state database: encode pod {}: {e}", pod.id)))
     }
 
-    /// Writes a pod's encoded record and the ID counter in one durable
-    /// transaction.
-    pub fn save(&self, id: &PodId, record: &[u8], next_ordinal: u64) -> Result<(), Error> {
-        let write = |db: &Database| -> Result<(), redb::Error> {
-            let tx = db.begin_write()?;
-            {
-                let mut pods = tx.open_table(PODS)?;
-                pods.insert(id.to_string().as_str(), record)?;
-                let mut meta = tx.open_table(META)?;
-                meta.insert(NEXT_ORDINAL, next_ordinal)?;
-            }
-            tx.commit()?;
-            Ok(())
-        };
-        self.with(write, "write")
-    }
-
     /// Writes many records in one transaction (recovery).
     pub fn save_all(&self, records: &[(PodId, Vec<u8>)], next_ordinal: u64) -> Result<(), Error> {
         let write = |db: &Database| -> Result<(), redb::Error> {
@@ -103,14 +89,33 @@ impl Db {
         self.with(write, "write")
     }
 
-    pub fn delete(&self, id: &PodId) -> Result<(), Error> {
-        let delete = |db: &Database| -> Result<(), redb::Error> {
+    /// Applies records (`None`: the pod is gone) in order, and the ID
+    /// counter, in one durable transaction.
+    fn commit(
+        &self,
+        changes: &[(String, Option<Vec<u8>>)],
+        next_ordinal: u64,
+    ) -> Result<(), Error> {
+        let write = |db: &Database| -> Result<(), redb::Error> {
             let tx = db.begin_write()?;
-            tx.open_table(PODS)?.remove(id.to_string().as_str())?;
+            {
+                let mut pods = tx.open_table(PODS)?;
+                for (id, record) in changes {
+                    match record {
+                        Some(record) => {
+                            pods.insert(id.as_str(), record.as_slice())?;
+                        }
+                        None => {
+                            pods.remove(id.as_str())?;
+                        }
+                    }
+                }
+                tx.open_table(META)?.insert(NEXT_ORDINAL, next_ordinal)?;
+            }
             tx.commit()?;
             Ok(())
         };
-        self.with(delete, "delete")
+        self.with(write, "write")
     }
 
     /// Every stored pod and the ID counter.
@@ -136,13 +141,87 @@ impl Db {
         let (raw, next) = self.with(read, "read")?;
         let mut pods = Vec::with_capacity(raw.len());
         for (key, value) in raw {
-            let pod: Pod = serde_json::from_slice(&value).map_err(|e| {
+            let mut pod: Pod = serde_json::from_slice(&value).map_err(|e| {
                 Error::State(format!("state database: pod {key}: unreadable record: {e}"))
             })?;
+            pod.upgrade();
             pods.push(pod);
         }
         // The counter never goes back, even if its own write was lost.
         let next = pods.iter().map(|p| p.id.ordinal() + 1).fold(next, u64::max);
         Ok((pods, next))
+    }
+}
+
+/// One pod's record to write (`None`: delete it), taken under the store's
+/// lock so that records reach the database in the order of the changes.
+struct Job {
+    id: String,
+    record: Option<Vec<u8>>,
+    next_ordinal: u64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Most records one commit takes from the queue.
+const BATCH: usize = 64;
+
+/// The database's writer thread: commits records in order, each batch
+/// that queued up while the previous commit synced in one transaction.
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(db: Arc<Db>) -> Result<Self, Error> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vimanad-state".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let changes: Vec<_> = batch
+                        .iter_mut()
+                        .map(|j| (std::mem::take(&mut j.id), j.record.take()))
+                        .collect();
+                    let next = batch.iter().map(|j| j.next_ordinal).max().unwrap_or(0);
+                    let result = db.commit(&changes, next).map_err(|e| e.to_string());
+                    for job in batch {
+                        let _ = job.done.send(result.clone());
+                    }
+                }
+            })
+            .map_err(Error::io("start the state database writer"))?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues a record; the returned future completes once it is durable.
+    pub fn write(
+        &self,
+        id: &PodId,
+        record: Option<Vec<u8>>,
+        next_ordinal: u64,
+    ) -> impl std::future::Future<Output = Result<(), Error>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let sent = self.jobs.send(Job {
+            id: id.to_string(),
+            record,
+            next_ordinal,
+            done,
+        });
+        async move {
+            sent.map_err(|_| Error::State("state database: the writer thread stopped".into()))?;
+            match wait.await {
+                Ok(result) => result.map_err(Error::State),
+                Err(_) => Err(Error::State(
+                    "state database: the writer thread stopped".into(),
+                )),
+            }
+        }
     }
 }

@@ -56,8 +56,14 @@ pub enum RewriteError {
     Preface,
     #[error("the connection already failed")]
     Failed,
-    #[error("frame {kind:#x} on stream {stream} while the header block of stream {expected} is open")]
-    Interleaved { kind: u8, stream: u32, expected: u32 },
+    #[error(
+        "frame {kind:#x} on stream {stream} while the header block of stream {expected} is open"
+    )]
+    Interleaved {
+        kind: u8,
+        stream: u32,
+        expected: u32,
+    },
     #[error("CONTINUATION on stream {0} without an open header block")]
     StrayContinuation(u32),
     #[error("header frame on stream 0")]
@@ -90,7 +96,12 @@ enum State {
     /// Copying a frame's payload through: bytes left.
     Passing(usize),
     /// A HEADERS or CONTINUATION frame whose payload is awaited whole.
-    HeaderPayload { kind: u8, flags: u8, stream: u32, len: usize },
+    HeaderPayload {
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        len: usize,
+    },
     /// After an error: the framing is lost, the connection must end.
     Failed,
 }
@@ -300,7 +311,11 @@ fn headers_fragment(
     }
     let mut priority = None;
     if flags & PRIORITY != 0 {
-        let fields: [u8; 5] = body.get(..5).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+        let fields: [u8; 5] = body
+            .get(..5)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?;
         priority = Some(fields);
         body = &body[5..];
     }

@@ -159,7 +159,13 @@ fn decodes_rfc7541_huffman_requests_with_their_dynamic_table() {
     assert_eq!(lists[0], fields(&base));
     assert_eq!(
         lists[1],
-        fields(&[base[0], base[1], base[2], base[3], ("cache-control", "no-cache")])
+        fields(&[
+            base[0],
+            base[1],
+            base[2],
+            base[3],
+            ("cache-control", "no-cache")
+        ])
     );
     assert_eq!(
         lists[2],

@@ -39,23 +39,6 @@ impl Cri {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Writes the pod a mutating call touched to the state database, whatever
-/// the call's outcome (a failed start changes state too); the call succeeds
-/// only if both did.
-fn persisted<T>(
-    runtime: &Runtime,
-    id: &str,
-    result: Result<T, crate::control::Error>,
-) -> Result<T, Status> {
-    let saved = match crate::control::runtime::parse_id(id) {
-        Some(id) => runtime.persist(&id),
-        None => Ok(()),
-    };
-    let value = result?;
-    saved?;
-    Ok(value)
-}
-
 fn unsupported<T>(what: &str) -> Reply<T> {
     Err(Status::unimplemented(format!(
         "{what} is not supported by vimanad: components are reached only through their gRPC socket"
@@ -77,8 +60,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Reply<cri::RunPodSandboxResponse> {
-        let id = self.runtime.run_pod_sandbox(req.into_inner())?;
-        self.runtime.persist(&id)?;
+        let id = self.runtime.run_pod_sandbox(req.into_inner()).await?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id.to_string(),
         }))
@@ -89,8 +71,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Reply<cri::StopPodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        let result = self.runtime.stop_pod_sandbox(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.stop_pod_sandbox(&id).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -99,8 +80,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Reply<cri::RemovePodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        let result = self.runtime.remove_pod_sandbox(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.remove_pod_sandbox(&id).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -126,10 +106,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Reply<cri::CreateContainerResponse> {
-        let req = req.into_inner();
-        let pod = req.pod_sandbox_id.clone();
-        let result = self.runtime.create_container(req).await;
-        let id = persisted(&self.runtime, &pod, result)?;
+        let id = self.runtime.create_container(req.into_inner()).await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id.to_string(),
         }))
@@ -140,8 +117,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StartContainerRequest>,
     ) -> Reply<cri::StartContainerResponse> {
         let id = req.into_inner().container_id;
-        let result = self.runtime.start_container(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.start_container(&id).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -150,11 +126,9 @@ impl RuntimeService for Cri {
         req: Request<cri::StopContainerRequest>,
     ) -> Reply<cri::StopContainerResponse> {
         let req = req.into_inner();
-        let result = self
-            .runtime
+        self.runtime
             .stop_container(&req.container_id, req.timeout)
-            .await;
-        persisted(&self.runtime, &req.container_id, result)?;
+            .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -163,8 +137,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemoveContainerRequest>,
     ) -> Reply<cri::RemoveContainerResponse> {
         let id = req.into_inner().container_id;
-        let result = self.runtime.remove_container(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.remove_container(&id).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -191,11 +164,9 @@ impl RuntimeService for Cri {
         req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
         let req = req.into_inner();
-        let result = self
-            .runtime
+        self.runtime
             .update_container_resources(&req.container_id, req.linux)
-            .await;
-        persisted(&self.runtime, &req.container_id, result)?;
+            .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
