@@ -83,8 +83,16 @@ impl Kubelet {
             .prefix("vk")
             .tempdir_in("/tmp")
             .unwrap();
-        let tag = dir.path().file_name().unwrap().to_string_lossy().to_lowercase();
-        let node_name = format!("node-{}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), ""));
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase();
+        let node_name = format!(
+            "node-{}",
+            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
         let cgroup_root = format!("vimanad-kubelet-{node_name}");
         for hierarchy in cgroup_hierarchies() {
             let root = hierarchy.join(&cgroup_root);
@@ -154,7 +162,10 @@ resolvConf: \"\"
             cgroup_root,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while kubelet.get("/healthz").is_none_or(|(status, _)| status != 200) {
+        while kubelet
+            .get("/healthz")
+            .is_none_or(|(status, _)| status != 200)
+        {
             assert!(
                 Instant::now() < deadline,
                 "the kubelet did not become healthy:\n{}",
@@ -177,21 +188,30 @@ resolvConf: \"\"
 
     /// Writes a static pod manifest (`name.yaml`).
     pub fn add_manifest(&self, name: &str, yaml: &str) {
-        let path = self.dir.path().join("manifests").join(format!("{name}.yaml"));
+        let path = self
+            .dir
+            .path()
+            .join("manifests")
+            .join(format!("{name}.yaml"));
         std::fs::write(path, yaml).unwrap();
     }
 
     pub fn remove_manifest(&self, name: &str) {
-        let path = self.dir.path().join("manifests").join(format!("{name}.yaml"));
+        let path = self
+            .dir
+            .path()
+            .join("manifests")
+            .join(format!("{name}.yaml"));
         std::fs::remove_file(path).unwrap();
     }
 
     /// `GET path` on the read-only port: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", self.read_only_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.read_only_port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
         write!(
             stream,
             "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
