@@ -531,3 +531,125 @@ async fn a_crashing_component_is_exited_with_its_code_at_once() {
         .await;
     assert_eq!(status.exit_code, 137);
 }
+
+/// The kubelet's restart: after the container exits, CreateContainer with
+/// a higher attempt makes a new container with its own ID; the exited one
+/// stays listable with its exit code, log and finish time until
+/// RemoveContainer; only the newest may start; routing follows it.
+#[tokio::test]
+async fn restarts_make_a_new_container_and_keep_the_old_one() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("r", A).await;
+    let first = pod.clone();
+    let pid = node.pid(&first).await;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let exited = node
+        .wait_state(&first, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(exited.exit_code, 137);
+
+    // Not while the old one could run again from the same attempt with
+    // another config; yes with a higher attempt.
+    let second = node.create_attempt(&pod, 1).await.unwrap();
+    assert_eq!(second, format!("{pod}.1"));
+    assert_eq!(node.create_attempt(&pod, 1).await.unwrap(), second, "retry");
+    assert_eq!(
+        node.create_attempt(&pod, 2).await.unwrap_err().code(),
+        Code::AlreadyExists,
+        "one container at a time beside one that has not exited"
+    );
+    let old = node.container_status(&first).await.unwrap().status.unwrap();
+    assert_eq!(old.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(old.exit_code, 137);
+    assert!(old.finished_at >= old.started_at && old.finished_at > 0);
+    assert!(
+        old.log_path.ends_with("r/component/0.log"),
+        "{}",
+        old.log_path
+    );
+    assert!(std::path::Path::new(&old.log_path).exists());
+
+    let listed = |node: &mut Node| {
+        let mut rt = node.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            let mut ids: Vec<(String, i32)> = rt
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        pod_sandbox_id: pod,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        listed(&mut node).await,
+        vec![
+            (first.clone(), cri::ContainerState::ContainerExited as i32),
+            (second.clone(), cri::ContainerState::ContainerCreated as i32),
+        ]
+    );
+    let statuses = node.pod_status(&pod).await.unwrap().containers_statuses;
+    assert_eq!(statuses.len(), 2);
+
+    // The old one cannot start again; the new one starts and is routed.
+    assert_eq!(
+        node.start_container(&first).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    node.start_container(&second).await.unwrap();
+    let socket = node.component_socket(&pod).await;
+    let mut client = pb::echo_client::EchoClient::new(uds_channel(socket).await);
+    let reply = client
+        .unary(pb::EchoRequest {
+            message: "again".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.served_by, pod);
+    let r = &aioquic(
+        &node,
+        "example.com",
+        serde_json::json!([{ "path": "/vimana.example.v1.Echo/Unary",
+            "messages_hex": [hex_of(&pb::EchoRequest { message: "h3".into(), ..Default::default() })] }]),
+        false,
+    )[0];
+    assert_eq!(r["grpc_status"], 0, "{r}");
+    assert_eq!(replies(r)[0].served_by, pod);
+
+    // The kubelet's GC removes the old one later; the new one keeps
+    // running; stopping the old one does nothing.
+    node.stop_container(&first, 0).await.unwrap();
+    assert_eq!(
+        node.state(&second).await,
+        cri::ContainerState::ContainerRunning
+    );
+    node.remove_container(&first).await.unwrap();
+    assert_eq!(
+        node.container_status(&first).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        listed(&mut node).await,
+        vec![(second.clone(), cri::ContainerState::ContainerRunning as i32)]
+    );
+
+    // And again: a third attempt after a clean stop.
+    node.stop_container(&second, 5).await.unwrap();
+    let third = node.create_attempt(&pod, 2).await.unwrap();
+    assert_eq!(third, format!("{pod}.2"));
+    node.start_container(&third).await.unwrap();
+    node.remove_pod(&pod).await.unwrap();
+    assert!(listed(&mut node).await.is_empty());
+}

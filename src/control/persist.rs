@@ -225,3 +225,78 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod record as databases before restarts wrote it: one
+    /// `container`, no `containers`, no sequence numbers.
+    const OLD_RECORD: &str = r#"{
+        "id": "example.com:demo.Echo@1.0.0#7",
+        "config": {"metadata": {"name": "p", "uid": "u", "namespace": "n", "attempt": 0},
+                   "hostname": "", "log_directory": "/l", "port_mappings": [],
+                   "labels": {}, "annotations": {}},
+        "runtime_handler": "vimana",
+        "created_at": 1,
+        "socket_dir": "/run/pods/7",
+        "lifecycle": "Stopped",
+        "container": {
+            "config": {"metadata": {"name": "c", "attempt": 0}, "command": [], "args": [],
+                       "working_dir": "", "envs": [], "mounts": [], "devices": [],
+                       "labels": {}, "annotations": {}, "log_path": "c/0.log",
+                       "stdin": false, "stdin_once": false, "tty": false, "cdi_devices": []},
+            "image": {"id": "sha256:ab", "repo_tags": ["x/y:1"], "repo_digests": [], "size": 1,
+                      "config": {"entrypoint": ["/c"], "cmd": [], "env": [], "working_dir": null,
+                                 "user": null, "labels": {}},
+                      "pinned": false},
+            "created_at": 2, "started_at": 3, "finished_at": 4, "phase": "Exited",
+            "exit_code": 137, "reason": "Error", "message": "", "log_path": "/l/c/0.log",
+            "dir": "/state/containers/7", "identity": null, "cgroups": []
+        }
+    }"#;
+
+    #[test]
+    fn old_databases_keep_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.redb")).unwrap();
+        let id = "example.com:demo.Echo@1.0.0#7".to_owned();
+        db.commit(&[(id.clone(), Some(OLD_RECORD.as_bytes().to_vec()))], 8)
+            .unwrap();
+        let (pods, next) = db.load().unwrap();
+        assert_eq!(next, 8);
+        let pod = &pods[0];
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.containers[0].seq, 0);
+        assert_eq!(pod.containers[0].exit_code, 137);
+        assert_eq!(pod.next_seq, 1, "the next container gets its own ID");
+        assert_eq!(pod.current().map(|c| c.seq), Some(0));
+        // Written again in the new shape, it reads back the same.
+        let record = Db::encode(pod).unwrap();
+        assert!(!String::from_utf8_lossy(&record).contains("\"container\":"));
+        db.commit(&[(id, Some(record))], 8).unwrap();
+        let (again, _) = db.load().unwrap();
+        assert_eq!(again[0].containers.len(), 1);
+        assert_eq!(again[0].next_seq, 1);
+    }
+
+    #[test]
+    fn container_ids_parse_and_print() {
+        use crate::control::state::ContainerId;
+        for text in ["a.b:S@1.0.0#3", "a.b:S@1.0.0-rc.1+b.2#3.12"] {
+            assert_eq!(ContainerId::parse(text).unwrap().to_string(), text);
+        }
+        let id = ContainerId::parse("a.b:S@1.0.0#3.2").unwrap();
+        assert_eq!((id.pod.ordinal(), id.seq), (3, 2));
+        for bad in [
+            "a.b:S@1.0.0#3.0",
+            "a.b:S@1.0.0#3.01",
+            "a.b:S@1.0.0#3.",
+            "a.b:S@1.0.0#.1",
+            "x",
+            "a.b:S@1.0.0#3.1/x",
+        ] {
+            assert!(ContainerId::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

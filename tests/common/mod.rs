@@ -190,6 +190,28 @@ impl Node {
             .map(|r| r.into_inner().container_id)
     }
 
+    /// CreateContainer as the kubelet restarts one: `attempt` in the
+    /// metadata and the log path (`component/ATTEMPT.log`).
+    pub async fn create_attempt(
+        &mut self,
+        pod_id: &str,
+        attempt: u32,
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.sandbox_config(pod_id).await;
+        let mut config = container_config("component", &[]);
+        config.metadata.as_mut().unwrap().attempt = attempt;
+        config.log_path = format!("component/{attempt}.log");
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        };
+        self.runtime
+            .create_container(req)
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
     pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
         let req = cri::StartContainerRequest {
             container_id: id.to_owned(),
