@@ -653,3 +653,70 @@ async fn restarts_make_a_new_container_and_keep_the_old_one() {
     node.remove_pod(&pod).await.unwrap();
     assert!(listed(&mut node).await.is_empty());
 }
+
+/// GetContainerEvents streams every container's lifecycle with its pod's
+/// status, for the kubelet's evented PLEG.
+#[tokio::test]
+async fn container_events_follow_the_lifecycle() {
+    let mut node = Node::start().await;
+    let mut events = node
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pod = node.running_pod("e", A).await;
+    node.stop_container(&pod, 5).await.unwrap();
+    let second = node.create_attempt(&pod, 1).await.unwrap();
+    node.remove_pod(&pod).await.unwrap();
+    use cri::ContainerEventType::*;
+    let expected = [
+        (pod.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerStartedEvent),
+        (pod.clone(), ContainerStoppedEvent),
+        (second.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerDeletedEvent),
+        (second.clone(), ContainerDeletedEvent),
+    ];
+    for (id, kind) in expected {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (event.container_id.as_str(), event.container_event_type),
+            (id.as_str(), kind as i32),
+            "{event:?}"
+        );
+        let status = event.pod_sandbox_status.unwrap();
+        assert_eq!(status.id, pod);
+        if kind == ContainerStartedEvent {
+            let c = &event.containers_statuses[0];
+            assert_eq!(c.state, cri::ContainerState::ContainerRunning as i32);
+        }
+        if kind == ContainerStoppedEvent {
+            let c = &event.containers_statuses[0];
+            assert_eq!(c.state, cri::ContainerState::ContainerExited as i32);
+        }
+    }
+}
+
+/// `vimanad cri inspect ID | true`: a closed pipe ends it quietly.
+#[tokio::test]
+async fn cli_output_to_a_closed_pipe_does_not_panic() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("p", A).await;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} cri --cri-socket {} inspect '{pod}' | (exec 0<&-; sleep 0.5)",
+            vimanad(),
+            node.socket().display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}

@@ -54,6 +54,8 @@ pub struct Runtime {
     writer: Writer,
     publisher: Publisher,
     op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Container lifecycle events (GetContainerEvents).
+    pub(crate) events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
 }
 
 impl Runtime {
@@ -84,6 +86,7 @@ impl Runtime {
             writer,
             publisher,
             op_locks: Mutex::new(HashMap::new()),
+            events: super::cri::events_channel(),
         }))
     }
 

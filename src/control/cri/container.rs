@@ -137,6 +137,7 @@ impl Runtime {
             stop_requested: false,
         });
         pod.lifecycle = target;
+        self.emit(&store, &cid, cri::ContainerEventType::ContainerCreatedEvent);
         tracing::info!(container = %cid, "container created");
         Ok(cid)
     }
@@ -208,11 +209,22 @@ impl Runtime {
         };
         let cgroups = {
             let mut store = self.store();
-            let Some(c) = store.pods.get_mut(id).and_then(|p| p.current_mut()) else {
+            let Some(pod) = store.pods.get_mut(id) else {
                 return Ok(());
             };
-            c.record_exit(process.pid, &record);
-            std::mem::take(&mut c.cgroups)
+            let Some(c) = pod.current_mut() else {
+                return Ok(());
+            };
+            let recorded = c.record_exit(process.pid, &record);
+            let cgroups = std::mem::take(&mut c.cgroups);
+            let cid = ContainerId {
+                pod: id.clone(),
+                seq: c.seq,
+            };
+            if recorded {
+                self.emit(&store, &cid, cri::ContainerEventType::ContainerStoppedEvent);
+            }
+            cgroups
         };
         cgroup::remove(&cgroups);
         Ok(())
@@ -250,10 +262,13 @@ impl Runtime {
                 "container {cid}: remove {}",
                 dir.display()
             )))?;
-        if let Some(pod) = self.store().pods.get_mut(&cid.pod) {
+        let mut store = self.store();
+        if let Some(pod) = store.pods.get_mut(&cid.pod) {
             pod.containers.retain(|c| c.seq != cid.seq);
             pod.lifecycle = target;
+            self.emit(&store, cid, cri::ContainerEventType::ContainerDeletedEvent);
         }
+        drop(store);
         tracing::info!(container = %cid, "container removed");
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! `From<control::Error> for Status`. Business logic does not belong here.
 
 mod container;
+mod events;
 mod images;
 mod labels;
 mod query;
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use super::runtime::Runtime;
 
+pub(crate) use events::channel as events_channel;
 pub use labels::{DOMAIN as LABEL_DOMAIN, SERVICE as LABEL_SERVICE, VERSION as LABEL_VERSION};
 
 /// The CRI name and version this runtime reports.
@@ -40,10 +42,16 @@ impl Cri {
 type Reply<T> = Result<Response<T>, Status>;
 
 fn unsupported<T>(what: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!(
-        "{what} is not supported by vimanad: components are reached only through their gRPC socket"
-    )))
+    refused(what, "it is not implemented by vimanad yet")
 }
+
+/// UNIMPLEMENTED with the call's own reason.
+fn refused<T>(what: &str, why: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!("{what}: {why}")))
+}
+
+/// Exec, ExecSync, Attach and PortForward.
+const NO_STREAMING: &str = "vimanad has no CRI streaming server yet (exec, attach and port-forward into components are not implemented)";
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -181,22 +189,22 @@ impl RuntimeService for Cri {
     }
 
     async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        unsupported("ExecSync")
+        refused("ExecSync", NO_STREAMING)
     }
 
     async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        unsupported("Exec")
+        refused("Exec", NO_STREAMING)
     }
 
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        unsupported("Attach")
+        refused("Attach", NO_STREAMING)
     }
 
     async fn port_forward(
         &self,
         _: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        unsupported("PortForward")
+        refused("PortForward", NO_STREAMING)
     }
 
     async fn container_stats(
@@ -260,7 +268,10 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::CheckpointContainerRequest>,
     ) -> Reply<cri::CheckpointContainerResponse> {
-        unsupported("CheckpointContainer")
+        refused(
+            "CheckpointContainer",
+            "checkpointing is not supported: a component is restarted, never migrated with its memory",
+        )
     }
 
     type GetContainerEventsStream = std::pin::Pin<
@@ -271,7 +282,7 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        unsupported("GetContainerEvents")
+        Ok(Response::new(Box::pin(self.runtime.container_events())))
     }
 
     async fn list_metric_descriptors(

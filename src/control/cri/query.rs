@@ -16,7 +16,30 @@ impl Runtime {
         let id = parse_pod_id(pod_id).ok_or_else(not_found)?;
         let store = self.store();
         let pod = store.pods.get(&id).ok_or_else(not_found)?;
-        let status = cri::PodSandboxStatus {
+        let status = self.sandbox_status(pod);
+        let mut info = HashMap::new();
+        info.insert("lifecycle".to_owned(), pod.lifecycle.to_string());
+        info.insert(
+            "socket".to_owned(),
+            crate::control::container::socket_path(&pod.socket_dir)
+                .display()
+                .to_string(),
+        );
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: pod
+                .containers
+                .iter()
+                .map(|c| container_status(pod, c))
+                .collect(),
+            timestamp: now_nanos(),
+        })
+    }
+
+    /// A pod's sandbox status (also carried by container events).
+    pub(super) fn sandbox_status(&self, pod: &Pod) -> cri::PodSandboxStatus {
+        cri::PodSandboxStatus {
             id: pod.id.to_string(),
             metadata: Some(pod.metadata()),
             state: sandbox_state(pod) as i32,
@@ -42,25 +65,7 @@ impl Runtime {
             labels: pod.config.labels.clone(),
             annotations: pod.config.annotations.clone(),
             runtime_handler: pod.runtime_handler.clone(),
-        };
-        let mut info = HashMap::new();
-        info.insert("lifecycle".to_owned(), pod.lifecycle.to_string());
-        info.insert(
-            "socket".to_owned(),
-            crate::control::container::socket_path(&pod.socket_dir)
-                .display()
-                .to_string(),
-        );
-        Ok(cri::PodSandboxStatusResponse {
-            status: Some(status),
-            info,
-            containers_statuses: pod
-                .containers
-                .iter()
-                .map(|c| container_status(pod, c))
-                .collect(),
-            timestamp: now_nanos(),
-        })
+        }
     }
 
     pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
@@ -170,7 +175,7 @@ fn container_state(c: &Container) -> cri::ContainerState {
     }
 }
 
-fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus {
+pub(super) fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus {
     cri::ContainerStatus {
         id: pod.container_id(c).to_string(),
         metadata: c.config.metadata.clone(),

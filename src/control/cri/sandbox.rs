@@ -163,7 +163,24 @@ impl Runtime {
                 .or_else(ignore_not_found)
                 .map_err(Error::io(format!("pod {id}: remove {}", dir.display())))?;
         }
-        self.store().remove(id);
+        let mut store = self.store();
+        let seqs: Vec<u32> = store
+            .pods
+            .get(id)
+            .map(|p| p.containers.iter().map(|c| c.seq).collect())
+            .unwrap_or_default();
+        for seq in seqs {
+            let cid = crate::control::state::ContainerId {
+                pod: id.clone(),
+                seq,
+            };
+            if let Some(pod) = store.pods.get_mut(id) {
+                pod.containers.retain(|c| c.seq != seq);
+            }
+            self.emit(&store, &cid, cri::ContainerEventType::ContainerDeletedEvent);
+        }
+        store.remove(id);
+        drop(store);
         tracing::info!(pod = %id, "pod sandbox removed");
         Ok(())
     }

@@ -194,6 +194,7 @@ impl Runtime {
                     }
                 }
                 store.route(&cid.pod, socket, started_at as u64);
+                self.emit(&store, cid, cri::ContainerEventType::ContainerStartedEvent);
                 drop(store);
                 self.watch_exit(cid.clone(), process);
                 tracing::info!(container = %cid, ?readiness, "container running");
@@ -246,6 +247,7 @@ impl Runtime {
                     c.cgroups.clear();
                 }
             }
+            self.emit(&store, cid, cri::ContainerEventType::ContainerStoppedEvent);
         }
         cgroup::remove(&made.cgroups);
         tracing::warn!(container = %cid, error = %error, "container failed to start");
@@ -281,6 +283,7 @@ impl Runtime {
                     store.unroute(&cid.pod);
                     runtime.publish_changes(&mut store);
                 }
+                runtime.emit(&store, &cid, cri::ContainerEventType::ContainerStoppedEvent);
                 (cgroups, requested)
             };
             cgroup::remove(&cgroups);
