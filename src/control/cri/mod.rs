@@ -11,6 +11,7 @@ mod labels;
 mod query;
 mod sandbox;
 mod start;
+mod user;
 
 use std::sync::Arc;
 

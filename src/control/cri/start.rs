@@ -350,13 +350,10 @@ fn launch_spec(
         .and_then(|l| l.security_context.as_ref());
     let (mut uid, mut gid) = (None, None);
     if let Some(user) = image.user.as_deref().filter(|u| !u.is_empty()) {
-        let (u, g) = user.split_once(':').unwrap_or((user, ""));
-        uid = Some(u.parse::<u32>().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "container {id}: image user {user:?} is not numeric; user names are not supported (set runAsUser)"
-            ))
-        })?);
-        gid = g.parse::<u32>().ok();
+        let found = super::user::resolve(&placement.lower, user).map_err(|e| {
+            Error::InvalidArgument(format!("container {id}: {e} (or set runAsUser)"))
+        })?;
+        (uid, gid) = (Some(found.uid), found.gid);
     }
     if let Some(s) = security {
         if let Some(u) = &s.run_as_user {
