@@ -340,7 +340,7 @@ fn malformed_input_ends_the_connection() {
     ] {
         assert!(
             matches!(
-                rewrite(&connection(&[block.clone()])),
+                rewrite(&connection(std::slice::from_ref(&block))),
                 Err(RewriteError::Hpack { .. })
             ),
             "{block:?}"

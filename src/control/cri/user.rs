@@ -32,7 +32,7 @@ pub fn resolve(root: &Path, spec: &str) -> Result<User, String> {
     };
     let passwd = read_in_root(root, "etc/passwd")?;
     // name:password:uid:gid:...
-    let entries = passwd.lines().filter_map(|line| {
+    let mut entries = passwd.lines().filter_map(|line| {
         let mut f = line.split(':');
         let name = f.next()?;
         let _ = f.next()?;
@@ -42,14 +42,11 @@ pub fn resolve(root: &Path, spec: &str) -> Result<User, String> {
     });
     let (uid, mut gid) = match user.parse::<u32>() {
         Ok(uid) => {
-            let primary = entries
-                .filter(|(_, u, _)| *u == uid)
-                .map(|(_, _, g)| g)
-                .next();
+            let primary = entries.find(|(_, u, _)| *u == uid).map(|(_, _, g)| g);
             (uid, primary)
         }
         Err(_) => {
-            let entry = entries.filter(|(n, _, _)| *n == user).next();
+            let entry = entries.find(|(n, _, _)| *n == user);
             let (_, uid, gid) = entry
                 .ok_or_else(|| format!("image user {user:?} is not in the image's /etc/passwd"))?;
             (uid, Some(gid))
