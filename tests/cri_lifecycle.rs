@@ -720,3 +720,66 @@ async fn cli_output_to_a_closed_pipe_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
 }
+
+/// Two partial UpdateContainerResources: the second keeps what the first
+/// set, in the status and in the cgroup alike.
+#[tokio::test]
+async fn partial_resource_updates_merge_in_status_and_cgroup() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("u", A).await;
+    let update = |linux: cri::LinuxContainerResources| {
+        let mut rt = node.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: pod,
+                linux: Some(linux),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    };
+    update(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await;
+    update(cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        ..Default::default()
+    })
+    .await;
+    let status = node.container_status(&pod).await.unwrap().status.unwrap();
+    let held = status.resources.unwrap().linux.unwrap();
+    assert_eq!(held.memory_limit_in_bytes, 64 << 20);
+    assert_eq!((held.cpu_period, held.cpu_quota), (100_000, 20_000));
+    let group = format!(
+        "/{}/{}",
+        node.cgroup_parent,
+        pod.rsplit('#').next().unwrap()
+    );
+    let read = |path: String| std::fs::read_to_string(path).unwrap().trim().to_owned();
+    if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        assert_eq!(
+            read(format!(
+                "/sys/fs/cgroup/memory{group}/memory.limit_in_bytes"
+            )),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("/sys/fs/cgroup/cpu{group}/cpu.cfs_quota_us")),
+            "20000"
+        );
+    } else {
+        assert_eq!(
+            read(format!("/sys/fs/cgroup{group}/memory.max")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("/sys/fs/cgroup{group}/cpu.max")),
+            "20000 100000"
+        );
+    }
+}
