@@ -2,8 +2,8 @@
 //! a static pod on vimanad: it gets past Version and Status although it
 //! sends its socket path as `:authority`, the pod serves HTTP/3, a killed
 //! component is restarted the kubelet's way (a new container, the previous
-//! one listable with its log, restartCount 1), and deleting the manifest
-//! stops and removes the pod.
+//! one listable with its log, restartCount 1), `kill -9` of vimanad changes
+//! nothing for the pod, and deleting the manifest stops and removes it.
 
 mod common;
 
@@ -145,6 +145,23 @@ async fn the_stock_kubelet_runs_restarts_and_removes_a_static_pod() {
     assert!(new.log_path.ends_with("echo/1.log"), "{}", new.log_path);
     assert_eq!(new.metadata.unwrap().attempt, 1);
     assert_eq!(new.image.unwrap().image, IMAGE, "the image's name");
+
+    // kill -9 of vimanad while the kubelet runs changes nothing for the
+    // pod: the component keeps running, and once vimanad is back the
+    // kubelet sees the same container and HTTP/3 reaches it again.
+    node.kill9();
+    assert!(is_alive(second_pid));
+    node.restart().await;
+    assert_eq!(served_by(&node, "runtime back"), sandbox);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pod = kubelet
+        .wait_pod("echo", Duration::from_secs(30), "unchanged", running)
+        .await
+        .unwrap();
+    let after = container(Some(&pod)).unwrap();
+    assert_eq!(after["restartCount"], 1, "{after}");
+    assert_eq!(cri_id(after), second_id);
+    assert_eq!(node.pid(&second_id).await, second_pid);
 
     // Deleting the manifest stops the pod and (the kubelet's garbage
     // collection runs once a minute) removes it.
