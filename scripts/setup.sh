@@ -41,3 +41,9 @@ if ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet aioquic ||
         python3 -m pip install --quiet --break-system-packages aioquic
 fi
+# grpcio: a CRI client nobody here wrote (tests/cri_clients.rs), sending
+# its own default :authority on unix sockets.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+    python3 -m pip install --quiet grpcio ||
+        python3 -m pip install --quiet --break-system-packages grpcio
+fi

@@ -67,11 +67,21 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
     assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
 
-    // Invalid transitions change nothing.
-    assert_eq!(
-        node.remove_pod(&a0).await.unwrap_err().code(),
-        Code::FailedPrecondition
-    );
+    // Invalid transitions change nothing: a higher attempt beside a
+    // container that has not exited (one pod runs one container).
+    let sandbox = node.sandbox_config(&a0).await;
+    let mut config = container_config("component", &[]);
+    config.metadata.as_mut().unwrap().attempt = 1;
+    let err = node
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: a0.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerCreated);
 
     // StartContainer, and its retry.
@@ -80,11 +90,6 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         node.start_container(pod).await.unwrap();
         assert_eq!(node.state(pod).await, cri::ContainerState::ContainerRunning);
     }
-    let err = node.remove_container(&a0).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
-    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerRunning);
-    let err = node.remove_pod(&a0).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     // What ContainerStatus reports.
     let status = node.container_status(&a0).await.unwrap().status.unwrap();
@@ -157,12 +162,15 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         node.container_status(&a0).await.unwrap_err().code(),
         Code::NotFound
     );
-    node.create(&a0, "component", &[]).await.unwrap();
-    node.start_container(&a0).await.unwrap();
+    // The new container has its own ID (IDs are never reused: a late
+    // RemoveContainer of the old one must not hit it).
+    let again = node.create(&a0, "component", &[]).await.unwrap();
+    assert_eq!(again, format!("{a0}.1"));
+    node.start_container(&again).await.unwrap();
 
     // StopPodSandbox from Running kills the container; then the kubelet's
     // usual order: RemoveContainer, RemovePodSandbox.
-    let pid = node.pid(&a0).await;
+    let pid = node.pid(&again).await;
     node.stop_pod(&a0).await.unwrap();
     node.stop_pod(&a0).await.unwrap();
     assert!(!is_alive(pid));
@@ -171,16 +179,19 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
         pod_status.state,
         cri::PodSandboxState::SandboxNotready as i32
     );
-    assert_eq!(node.state(&a0).await, cri::ContainerState::ContainerExited);
+    assert_eq!(
+        node.state(&again).await,
+        cri::ContainerState::ContainerExited
+    );
     assert_eq!(
         node.create(&a0, "component", &[]).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
     assert_eq!(
-        node.start_container(&a0).await.unwrap_err().code(),
+        node.start_container(&again).await.unwrap_err().code(),
         Code::FailedPrecondition
     );
-    node.remove_container(&a0).await.unwrap();
+    node.remove_container(&again).await.unwrap();
     let err = node.create(&a0, "again", &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     node.remove_pod(&a0).await.unwrap();
@@ -198,6 +209,26 @@ async fn pods_of_two_components_through_the_whole_lifecycle() {
     node.create(&a3, "component", &[]).await.unwrap();
     node.stop_pod(&a3).await.unwrap();
     node.remove_pod(&a3).await.unwrap();
+
+    // Removal is forced (CRI): RemoveContainer of a running container, and
+    // RemovePodSandbox of a running pod, stop and remove it.
+    let a4 = node.running_pod("a4", A).await;
+    let pid = node.pid(&a4).await;
+    node.remove_container(&a4).await.unwrap();
+    assert!(!is_alive(pid));
+    assert_eq!(
+        node.container_status(&a4).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    node.remove_pod(&a4).await.unwrap();
+    let a5 = node.running_pod("a5", A).await;
+    let pid = node.pid(&a5).await;
+    node.remove_pod(&a5).await.unwrap();
+    assert!(!is_alive(pid));
+    assert_eq!(
+        node.pod_status(&a5).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     // The others kept serving throughout; stop them the kubelet's way.
     for pod in [&a1, &b0] {
@@ -499,4 +530,256 @@ async fn a_crashing_component_is_exited_with_its_code_at_once() {
         .wait_state(&pod, cri::ContainerState::ContainerExited)
         .await;
     assert_eq!(status.exit_code, 137);
+}
+
+/// The kubelet's restart: after the container exits, CreateContainer with
+/// a higher attempt makes a new container with its own ID; the exited one
+/// stays listable with its exit code, log and finish time until
+/// RemoveContainer; only the newest may start; routing follows it.
+#[tokio::test]
+async fn restarts_make_a_new_container_and_keep_the_old_one() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("r", A).await;
+    let first = pod.clone();
+    let pid = node.pid(&first).await;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let exited = node
+        .wait_state(&first, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(exited.exit_code, 137);
+
+    // Not while the old one could run again from the same attempt with
+    // another config; yes with a higher attempt.
+    let second = node.create_attempt(&pod, 1).await.unwrap();
+    assert_eq!(second, format!("{pod}.1"));
+    assert_eq!(node.create_attempt(&pod, 1).await.unwrap(), second, "retry");
+    assert_eq!(
+        node.create_attempt(&pod, 2).await.unwrap_err().code(),
+        Code::AlreadyExists,
+        "one container at a time beside one that has not exited"
+    );
+    let old = node.container_status(&first).await.unwrap().status.unwrap();
+    assert_eq!(old.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(old.exit_code, 137);
+    assert!(old.finished_at >= old.started_at && old.finished_at > 0);
+    assert!(
+        old.log_path.ends_with("r/component/0.log"),
+        "{}",
+        old.log_path
+    );
+    assert!(std::path::Path::new(&old.log_path).exists());
+
+    let listed = |node: &mut Node| {
+        let mut rt = node.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            let mut ids: Vec<(String, i32)> = rt
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        pod_sandbox_id: pod,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+                .into_iter()
+                .map(|c| (c.id, c.state))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        listed(&mut node).await,
+        vec![
+            (first.clone(), cri::ContainerState::ContainerExited as i32),
+            (second.clone(), cri::ContainerState::ContainerCreated as i32),
+        ]
+    );
+    let statuses = node.pod_status(&pod).await.unwrap().containers_statuses;
+    assert_eq!(statuses.len(), 2);
+
+    // The old one cannot start again; the new one starts and is routed.
+    assert_eq!(
+        node.start_container(&first).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    node.start_container(&second).await.unwrap();
+    let socket = node.component_socket(&pod).await;
+    let mut client = pb::echo_client::EchoClient::new(uds_channel(socket).await);
+    let reply = client
+        .unary(pb::EchoRequest {
+            message: "again".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.served_by, pod);
+    let r = &aioquic(
+        &node,
+        "example.com",
+        serde_json::json!([{ "path": "/vimana.example.v1.Echo/Unary",
+            "messages_hex": [hex_of(&pb::EchoRequest { message: "h3".into(), ..Default::default() })] }]),
+        false,
+    )[0];
+    assert_eq!(r["grpc_status"], 0, "{r}");
+    assert_eq!(replies(r)[0].served_by, pod);
+
+    // The kubelet's GC removes the old one later; the new one keeps
+    // running; stopping the old one does nothing.
+    node.stop_container(&first, 0).await.unwrap();
+    assert_eq!(
+        node.state(&second).await,
+        cri::ContainerState::ContainerRunning
+    );
+    node.remove_container(&first).await.unwrap();
+    assert_eq!(
+        node.container_status(&first).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        listed(&mut node).await,
+        vec![(second.clone(), cri::ContainerState::ContainerRunning as i32)]
+    );
+
+    // And again: a third attempt after a clean stop.
+    node.stop_container(&second, 5).await.unwrap();
+    let third = node.create_attempt(&pod, 2).await.unwrap();
+    assert_eq!(third, format!("{pod}.2"));
+    node.start_container(&third).await.unwrap();
+    node.remove_pod(&pod).await.unwrap();
+    assert!(listed(&mut node).await.is_empty());
+}
+
+/// GetContainerEvents streams every container's lifecycle with its pod's
+/// status, for the kubelet's evented PLEG.
+#[tokio::test]
+async fn container_events_follow_the_lifecycle() {
+    let mut node = Node::start().await;
+    let mut events = node
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pod = node.running_pod("e", A).await;
+    node.stop_container(&pod, 5).await.unwrap();
+    let second = node.create_attempt(&pod, 1).await.unwrap();
+    node.remove_pod(&pod).await.unwrap();
+    use cri::ContainerEventType::*;
+    let expected = [
+        (pod.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerStartedEvent),
+        (pod.clone(), ContainerStoppedEvent),
+        (second.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerDeletedEvent),
+        (second.clone(), ContainerDeletedEvent),
+    ];
+    for (id, kind) in expected {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (event.container_id.as_str(), event.container_event_type),
+            (id.as_str(), kind as i32),
+            "{event:?}"
+        );
+        let status = event.pod_sandbox_status.unwrap();
+        assert_eq!(status.id, pod);
+        if kind == ContainerStartedEvent {
+            let c = &event.containers_statuses[0];
+            assert_eq!(c.state, cri::ContainerState::ContainerRunning as i32);
+        }
+        if kind == ContainerStoppedEvent {
+            let c = &event.containers_statuses[0];
+            assert_eq!(c.state, cri::ContainerState::ContainerExited as i32);
+        }
+    }
+}
+
+/// `vimanad cri inspect ID | true`: a closed pipe ends it quietly.
+#[tokio::test]
+async fn cli_output_to_a_closed_pipe_does_not_panic() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("p", A).await;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} cri --cri-socket {} inspect '{pod}' | (exec 0<&-; sleep 0.5)",
+            vimanad(),
+            node.socket().display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+/// Two partial UpdateContainerResources: the second keeps what the first
+/// set, in the status and in the cgroup alike.
+#[tokio::test]
+async fn partial_resource_updates_merge_in_status_and_cgroup() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("u", A).await;
+    let update = |linux: cri::LinuxContainerResources| {
+        let mut rt = node.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: pod,
+                linux: Some(linux),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    };
+    update(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await;
+    update(cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        ..Default::default()
+    })
+    .await;
+    let status = node.container_status(&pod).await.unwrap().status.unwrap();
+    let held = status.resources.unwrap().linux.unwrap();
+    assert_eq!(held.memory_limit_in_bytes, 64 << 20);
+    assert_eq!((held.cpu_period, held.cpu_quota), (100_000, 20_000));
+    let group = format!(
+        "/{}/{}",
+        node.cgroup_parent,
+        pod.rsplit('#').next().unwrap()
+    );
+    let read = |path: String| std::fs::read_to_string(path).unwrap().trim().to_owned();
+    if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        assert_eq!(
+            read(format!(
+                "/sys/fs/cgroup/memory{group}/memory.limit_in_bytes"
+            )),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("/sys/fs/cgroup/cpu{group}/cpu.cfs_quota_us")),
+            "20000"
+        );
+    } else {
+        assert_eq!(
+            read(format!("/sys/fs/cgroup{group}/memory.max")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(format!("/sys/fs/cgroup{group}/cpu.max")),
+            "20000 100000"
+        );
+    }
 }

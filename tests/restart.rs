@@ -280,3 +280,45 @@ async fn an_unwritable_state_database_fails_the_call_and_the_retry_succeeds() {
         cri::ContainerState::ContainerCreated
     );
 }
+
+/// A pod the kubelet restarted (an exited container and the running one)
+/// comes back whole after `kill -9` of the runtime: both listed, the new
+/// one re-adopted and routed, the next attempt still gets a fresh ID.
+#[tokio::test]
+async fn a_restarted_pod_keeps_all_its_containers() {
+    let mut node = Node::start().await;
+    let pod = node.running_pod("r", V1).await;
+    let pid = node.pid(&pod).await;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    node.wait_state(&pod, cri::ContainerState::ContainerExited)
+        .await;
+    let second = node.create_attempt(&pod, 1).await.unwrap();
+    node.start_container(&second).await.unwrap();
+    let second_pid = node.pid(&second).await;
+    let before = everything(&mut node).await;
+
+    node.kill9();
+    node.restart().await;
+    assert_eq!(everything(&mut node).await, before);
+    assert_eq!(node.pid(&second).await, second_pid, "the same process");
+    let old = node.container_status(&pod).await.unwrap().status.unwrap();
+    assert_eq!(old.exit_code, 137);
+    let echo = hex::encode(prost::Message::encode_to_vec(&pb::EchoRequest {
+        message: "back".into(),
+        ..Default::default()
+    }));
+    let r = &aioquic(
+        &node,
+        "example.com",
+        json!([{ "path": UNARY, "messages_hex": [echo] }]),
+        false,
+    )[0];
+    assert_eq!(r["grpc_status"], 0, "{r}");
+    assert_eq!(replies(r)[0].served_by, pod);
+
+    node.stop_container(&second, 5).await.unwrap();
+    assert_eq!(
+        node.create_attempt(&pod, 2).await.unwrap(),
+        format!("{pod}.2")
+    );
+}

@@ -13,6 +13,26 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use vimanad::pool::ComponentName;
 
+/// `println!` that ends the program quietly when stdout is a closed pipe
+/// (`vimanad cri inspect ID | head`), instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("vimanad: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Args)]
 pub struct CriArgs {
     /// The runtime's CRI socket.
@@ -91,7 +111,7 @@ pub fn run(args: CriArgs) -> anyhow::Result<()> {
                         timeout,
                     })
                     .await?;
-                println!("container {id} stopped");
+                say!("container {id} stopped");
                 Ok(())
             }
             CriCommand::Rm { id, timeout } => remove(&mut client, &id, timeout).await,
@@ -205,14 +225,14 @@ async fn run_pod(
         })
         .await?
         .into_inner();
-    println!(
+    say!(
         "pod {pod_id} running (created and started in {:?})",
         started.elapsed()
     );
     if let Some(socket) = status.info.get("socket") {
-        println!("  component socket: {socket}");
+        say!("  component socket: {socket}");
     }
-    println!(
+    say!(
         "  logs: {}",
         log_dir.join(&name).join("component/0.log").display()
     );
@@ -230,14 +250,16 @@ async fn ps(client: &mut RuntimeServiceClient<Channel>) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .containers;
-    println!("{:<60} {:<10} {:<10} NAME", "POD", "SANDBOX", "CONTAINER");
+    say!("{:<60} {:<10} {:<10} NAME", "POD", "SANDBOX", "CONTAINER");
     for pod in pods {
         let sandbox = cri::PodSandboxState::try_from(pod.state)
             .map(|s| s.as_str_name())
             .unwrap_or("?");
+        // The pod's newest container (restarts make new ones).
         let container = containers
             .iter()
-            .find(|c| c.pod_sandbox_id == pod.id)
+            .filter(|c| c.pod_sandbox_id == pod.id)
+            .max_by_key(|c| c.created_at)
             .and_then(|c| cri::ContainerState::try_from(c.state).ok())
             .map(|s| s.as_str_name())
             .unwrap_or("-");
@@ -247,7 +269,7 @@ async fn ps(client: &mut RuntimeServiceClient<Channel>) -> anyhow::Result<()> {
                 .trim_start_matches("CONTAINER_")
                 .to_lowercase()
         };
-        println!(
+        say!(
             "{:<60} {:<10} {:<10} {name}",
             pod.id,
             short(sandbox),
@@ -262,20 +284,32 @@ async fn remove(
     id: &str,
     timeout: i64,
 ) -> anyhow::Result<()> {
-    client
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.into(),
-            timeout,
+    // Its running container (the newest, after restarts) gets its grace
+    // period; RemovePodSandbox then removes the pod and every container.
+    let containers = client
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: id.into(),
+                ..Default::default()
+            }),
         })
-        .await?;
+        .await?
+        .into_inner()
+        .containers;
+    for c in containers
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+    {
+        client
+            .stop_container(cri::StopContainerRequest {
+                container_id: c.id.clone(),
+                timeout,
+            })
+            .await?;
+    }
     client
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: id.into(),
-        })
-        .await?;
-    client
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.into(),
         })
         .await?;
     client
@@ -283,7 +317,7 @@ async fn remove(
             pod_sandbox_id: id.into(),
         })
         .await?;
-    println!("pod {id} removed");
+    say!("pod {id} removed");
     Ok(())
 }
 
@@ -304,6 +338,6 @@ async fn inspect(client: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow
         .map(|r| r.into_inner())
         .ok();
     let json = serde_json::json!({ "sandbox": pod, "container": container });
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    say!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }

@@ -1,13 +1,17 @@
-//! The seven-state lifecycle of a pod and its one container (SPEC.md §4).
+//! The seven-state lifecycle of a pod and its current container (SPEC.md
+//! §4).
 //!
 //! `Initiated` (RunPodSandbox) → `Created` (CreateContainer) → `Starting`
-//! (StartContainer, until ready) → `Running` → `Stopped` (StopContainer) →
-//! `Removed` (RemoveContainer) → `Killed` (StopPodSandbox) → gone
-//! (RemovePodSandbox). `Stopped` may start again, `Removed` may be created
-//! again, StopPodSandbox is allowed from every state.
+//! (StartContainer, until ready) → `Running` → `Stopped` (StopContainer, or
+//! the process exiting) → `Removed` (RemoveContainer) → `Killed`
+//! (StopPodSandbox) → gone (RemovePodSandbox). `Stopped` may start again,
+//! or be replaced by a new container with a higher attempt (the kubelet's
+//! restart: the exited one stays listable until removed); `Removed` may be
+//! created again; StopPodSandbox is allowed from every state; removals are
+//! forced (what runs is stopped first).
 //!
 //! This module is the whole rule book and nothing else: which call may run
-//! from which state. It performs no effects.
+//! from which state, and the state it leads to. It performs no effects.
 
 use std::fmt;
 
@@ -36,13 +40,28 @@ impl fmt::Display for Lifecycle {
     }
 }
 
-/// The mutating CRI calls on one pod.
+/// The mutating CRI calls on one pod, with the facts about the pod's
+/// containers their rules depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    CreateContainer,
-    StartContainer,
-    StopContainer,
-    RemoveContainer,
+    /// `same`: the current container has exactly this config (a retry);
+    /// `newer`: the request's attempt is higher than the current one's (the
+    /// kubelet restarting an exited container).
+    CreateContainer {
+        same: bool,
+        newer: bool,
+    },
+    /// `current`: the container named is the pod's current one (not an
+    /// earlier attempt).
+    StartContainer {
+        current: bool,
+    },
+    StopContainer {
+        current: bool,
+    },
+    RemoveContainer {
+        current: bool,
+    },
     StopPodSandbox,
     RemovePodSandbox,
 }
@@ -50,60 +69,76 @@ pub enum Call {
 /// What a call does from a given state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Perform the transition.
-    Go,
+    /// Perform the call; the pod's lifecycle becomes this state.
+    Go(Lifecycle),
+    /// Stop whatever runs and forget the pod (RemovePodSandbox).
+    Delete,
     /// The call's effect already holds: succeed and change nothing (the
     /// kubelet's retries, and Stop/Remove of what is already gone).
     AlreadyDone,
-    /// CreateContainer on a pod that has a container: success when the
-    /// parameters are the same, an error otherwise (the caller compares).
-    SameOrConflict,
-    /// There is no container to act on.
-    NoContainer,
+    /// The pod already has a container made with other parameters.
+    Conflict(&'static str),
     /// Not allowed from this state; the message says why and what to do.
     Refuse(&'static str),
 }
 
-/// `container_present` matters only in `Killed`, where the container may or
-/// may not have been removed yet.
-pub fn step(from: Lifecycle, call: Call, container_present: bool) -> Step {
+/// The rule book: which call may run from which state, and the state it
+/// leads to. StartContainer leads to `Starting`; the start's outcome then
+/// makes it `Running` or `Stopped`.
+pub fn step(from: Lifecycle, call: Call) -> Step {
     use Call::*;
     use Lifecycle::*;
     match (call, from) {
-        (CreateContainer, Initiated | Removed) => Step::Go,
-        (CreateContainer, Created | Starting | Running | Stopped) => Step::SameOrConflict,
-        (CreateContainer, Killed) => {
+        (CreateContainer { .. }, Initiated | Removed) => Step::Go(Created),
+        (CreateContainer { same: true, .. }, Created | Starting | Running | Stopped) => {
+            Step::AlreadyDone
+        }
+        // The kubelet's restart: a new container; the exited one stays.
+        (CreateContainer { newer: true, .. }, Stopped) => Step::Go(Created),
+        (CreateContainer { .. }, Stopped) => Step::Conflict(
+            "the pod already has a container with a different configuration; remove it first, or create it with a higher attempt",
+        ),
+        (CreateContainer { .. }, Created | Starting | Running) => Step::Conflict(
+            "the pod already has a container that has not exited (one pod runs one container); stop and remove it first",
+        ),
+        (CreateContainer { .. }, Killed) => {
             Step::Refuse("the pod sandbox is stopped; run a new pod sandbox")
         }
 
-        (StartContainer, Created | Stopped) => Step::Go,
-        (StartContainer, Running) => Step::AlreadyDone,
-        (StartContainer, Starting) => Step::Refuse("the container is already starting"),
-        (StartContainer, Initiated | Removed) => Step::NoContainer,
-        (StartContainer, Killed) if container_present => {
+        (StartContainer { .. }, Killed) => {
             Step::Refuse("the pod sandbox is stopped; its container cannot start again")
         }
-        (StartContainer, Killed) => Step::NoContainer,
-
-        (StopContainer, Starting | Running) => Step::Go,
-        // A container that never ran has nothing to stop.
-        (StopContainer, Created | Stopped | Removed | Initiated | Killed) => Step::AlreadyDone,
-
-        (RemoveContainer, Created | Stopped) => Step::Go,
-        (RemoveContainer, Starting | Running) => {
-            Step::Refuse("the container is running; stop it with StopContainer first")
+        (StartContainer { current: false }, _) => Step::Refuse(
+            "this container has exited and a newer attempt replaced it; start that one",
+        ),
+        (StartContainer { current: true }, Created | Stopped) => Step::Go(Starting),
+        (StartContainer { current: true }, Running) => Step::AlreadyDone,
+        (StartContainer { current: true }, Starting) => {
+            Step::Refuse("the container is already starting")
         }
-        (RemoveContainer, Initiated | Removed) => Step::AlreadyDone,
-        (RemoveContainer, Killed) if container_present => Step::Go,
-        (RemoveContainer, Killed) => Step::AlreadyDone,
+        // No current container in these states: `current` cannot be true.
+        (StartContainer { current: true }, Initiated | Removed) => {
+            Step::Refuse("the pod has no container to start")
+        }
+
+        (StopContainer { current: true }, Starting | Running) => Step::Go(Stopped),
+        // A container that does not run has nothing to stop.
+        (StopContainer { .. }, _) => Step::AlreadyDone,
+
+        (RemoveContainer { .. }, Killed) => Step::Go(Killed),
+        // An earlier attempt: the pod's state is its current container's.
+        (RemoveContainer { current: false }, state) => Step::Go(state),
+        // A running container is stopped first (CRI: removal is forced).
+        (RemoveContainer { current: true }, Created | Starting | Running | Stopped) => {
+            Step::Go(Removed)
+        }
+        (RemoveContainer { current: true }, Initiated | Removed) => Step::AlreadyDone,
 
         (StopPodSandbox, Killed) => Step::AlreadyDone,
-        (StopPodSandbox, _) => Step::Go,
+        (StopPodSandbox, _) => Step::Go(Killed),
 
-        (RemovePodSandbox, Killed) => Step::Go,
-        (RemovePodSandbox, _) => {
-            Step::Refuse("the pod sandbox is not stopped; call StopPodSandbox first")
-        }
+        // Forced as well: whatever runs is stopped first.
+        (RemovePodSandbox, _) => Step::Delete,
     }
 }
 
@@ -116,68 +151,95 @@ mod tests {
     const ALL: [Lifecycle; 7] = [
         Initiated, Created, Starting, Running, Stopped, Removed, Killed,
     ];
+    const CREATE: Call = CreateContainer {
+        same: false,
+        newer: false,
+    };
+    const RETRY: Call = CreateContainer {
+        same: true,
+        newer: false,
+    };
+    const RESTART: Call = CreateContainer {
+        same: false,
+        newer: true,
+    };
+    const START: Call = StartContainer { current: true };
+    const STOP: Call = StopContainer { current: true };
+    const REMOVE: Call = RemoveContainer { current: true };
 
     #[test]
     fn follows_the_happy_path() {
-        assert_eq!(step(Initiated, CreateContainer, false), Step::Go);
-        assert_eq!(step(Created, StartContainer, true), Step::Go);
-        assert_eq!(step(Running, StopContainer, true), Step::Go);
-        assert_eq!(step(Stopped, RemoveContainer, true), Step::Go);
-        assert_eq!(step(Removed, StopPodSandbox, false), Step::Go);
-        assert_eq!(step(Killed, RemovePodSandbox, false), Step::Go);
+        assert_eq!(step(Initiated, CREATE), Step::Go(Created));
+        assert_eq!(step(Created, START), Step::Go(Starting));
+        assert_eq!(step(Running, STOP), Step::Go(Stopped));
+        assert_eq!(step(Stopped, REMOVE), Step::Go(Removed));
+        assert_eq!(step(Removed, StopPodSandbox), Step::Go(Killed));
+        assert_eq!(step(Killed, RemovePodSandbox), Step::Delete);
     }
 
     #[test]
     fn allows_the_documented_loops() {
-        assert_eq!(step(Stopped, StartContainer, true), Step::Go);
-        assert_eq!(step(Removed, CreateContainer, false), Step::Go);
+        assert_eq!(step(Stopped, START), Step::Go(Starting));
+        assert_eq!(step(Removed, CREATE), Step::Go(Created));
         for s in ALL {
-            assert_ne!(
-                step(s, StopPodSandbox, true),
-                Step::Refuse(""),
-                "StopPodSandbox from {s}"
-            );
             assert!(matches!(
-                step(s, StopPodSandbox, true),
-                Step::Go | Step::AlreadyDone
+                step(s, StopPodSandbox),
+                Step::Go(Killed) | Step::AlreadyDone
             ));
         }
     }
 
     #[test]
+    fn restarts_the_kubelet_way() {
+        // A higher attempt after the container exited: a new container.
+        assert_eq!(step(Stopped, RESTART), Step::Go(Created));
+        // Never beside a container that has not exited.
+        for s in [Created, Starting, Running] {
+            assert!(matches!(step(s, RESTART), Step::Conflict(_)), "{s}");
+        }
+        assert!(matches!(step(Killed, RESTART), Step::Refuse(_)));
+        // Earlier attempts cannot start; removing one leaves the pod as is.
+        for s in [Created, Running, Stopped, Removed] {
+            assert!(matches!(
+                step(s, StartContainer { current: false }),
+                Step::Refuse(_)
+            ));
+            assert_eq!(step(s, RemoveContainer { current: false }), Step::Go(s));
+            assert_eq!(step(s, StopContainer { current: false }), Step::AlreadyDone);
+        }
+    }
+
+    #[test]
     fn repeats_are_idempotent() {
-        assert_eq!(step(Running, StartContainer, true), Step::AlreadyDone);
-        assert_eq!(step(Stopped, StopContainer, true), Step::AlreadyDone);
-        assert_eq!(step(Removed, RemoveContainer, false), Step::AlreadyDone);
-        assert_eq!(step(Killed, StopPodSandbox, false), Step::AlreadyDone);
-        assert_eq!(step(Created, CreateContainer, true), Step::SameOrConflict);
+        assert_eq!(step(Running, START), Step::AlreadyDone);
+        assert_eq!(step(Stopped, STOP), Step::AlreadyDone);
+        assert_eq!(step(Removed, REMOVE), Step::AlreadyDone);
+        assert_eq!(step(Killed, StopPodSandbox), Step::AlreadyDone);
+        for s in [Created, Starting, Running, Stopped] {
+            assert_eq!(step(s, RETRY), Step::AlreadyDone, "{s}");
+        }
         // The kubelet stops the sandbox before removing stopped containers.
-        assert_eq!(step(Killed, RemoveContainer, true), Step::Go);
-        assert_eq!(step(Killed, RemoveContainer, false), Step::AlreadyDone);
-        assert_eq!(step(Killed, StopContainer, true), Step::AlreadyDone);
+        assert_eq!(step(Killed, REMOVE), Step::Go(Killed));
+        assert_eq!(step(Killed, STOP), Step::AlreadyDone);
+    }
+
+    #[test]
+    fn removal_is_forced() {
+        for s in [Created, Starting, Running, Stopped] {
+            assert_eq!(step(s, REMOVE), Step::Go(Removed), "{s}");
+        }
+        for s in ALL {
+            assert_eq!(step(s, RemovePodSandbox), Step::Delete, "{s}");
+        }
     }
 
     #[test]
     fn refuses_impossible_transitions() {
-        assert!(matches!(
-            step(Running, RemoveContainer, true),
-            Step::Refuse(_)
-        ));
-        assert!(matches!(
-            step(Killed, CreateContainer, false),
-            Step::Refuse(_)
-        ));
-        assert!(matches!(
-            step(Killed, StartContainer, true),
-            Step::Refuse(_)
-        ));
-        assert_eq!(step(Initiated, StartContainer, false), Step::NoContainer);
-        assert_eq!(step(Removed, StartContainer, false), Step::NoContainer);
-        for s in [Initiated, Created, Starting, Running, Stopped, Removed] {
-            assert!(
-                matches!(step(s, RemovePodSandbox, true), Step::Refuse(_)),
-                "{s}"
-            );
+        assert!(matches!(step(Killed, CREATE), Step::Refuse(_)));
+        assert!(matches!(step(Killed, START), Step::Refuse(_)));
+        assert!(matches!(step(Starting, START), Step::Refuse(_)));
+        for s in [Created, Starting, Running, Stopped] {
+            assert!(matches!(step(s, CREATE), Step::Conflict(_)), "{s}");
         }
     }
 }

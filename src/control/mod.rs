@@ -4,6 +4,7 @@
 //! container processes and the image store. It publishes the pod pool for
 //! the data plane through `crate::pool` and never touches `crate::shard`.
 
+mod authority;
 pub mod container;
 pub mod cri;
 mod error;
@@ -13,6 +14,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod transaction;
 
 use std::future::Future;
 use std::path::Path;
@@ -44,7 +46,11 @@ pub async fn serve(
     }
     let cri = cri::Cri::new(Arc::clone(&runtime));
     tracing::info!(socket = %socket.display(), "serving CRI");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every client is served whatever `:authority` it sends (authority.rs).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(authority::FixedAuthority::new),
+    );
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))

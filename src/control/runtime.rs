@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use super::container::cgroup::Hierarchy;
 use super::image::{ImageStore, Puller, RegistryConfig};
-use super::lifecycle::Lifecycle;
-use super::persist::Db;
-use super::state::Store;
+use super::persist::{Db, Writer};
+use super::state::{ContainerId, Store};
 use super::Error;
 use crate::pool::PodId;
 use crate::pool::Publisher;
@@ -51,9 +50,12 @@ pub struct Runtime {
     pub puller: Puller,
     pub cgroups: Hierarchy,
     store: Mutex<Store>,
-    db: Db,
+    db: Arc<Db>,
+    writer: Writer,
     publisher: Publisher,
     op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Container lifecycle events (GetContainerEvents).
+    pub(crate) events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
 }
 
 impl Runtime {
@@ -71,7 +73,8 @@ impl Runtime {
             RegistryConfig::new(config.insecure_registries.clone()),
         );
         let cgroups = Hierarchy::detect();
-        let db = Db::open(&config.state_dir.join("state.redb"))?;
+        let db = Arc::new(Db::open(&config.state_dir.join("state.redb"))?);
+        let writer = Writer::start(Arc::clone(&db))?;
         tracing::info!(cgroups = %cgroups.describe(), "control plane ready");
         Ok(Arc::new(Self {
             config,
@@ -80,8 +83,10 @@ impl Runtime {
             cgroups,
             store: Mutex::new(Store::default()),
             db,
+            writer,
             publisher,
             op_locks: Mutex::new(HashMap::new()),
+            events: super::cri::events_channel(),
         }))
     }
 
@@ -94,10 +99,17 @@ impl Runtime {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes the pod pool to the shards; call after every change to
-    /// `store.pool`, before the CRI call that made it returns.
-    pub fn publish(&self, store: &Store) {
-        let generation = self.publisher.publish(&store.pool);
+    /// Publishes the pod pool to the shards if routing changed since the
+    /// last publication: before a CRI call that changed it returns, and
+    /// before a container that leaves routing is signalled.
+    pub fn publish_changes(&self, store: &mut Store) {
+        if store.take_routing_changed() {
+            self.publish(store);
+        }
+    }
+
+    fn publish(&self, store: &Store) {
+        let generation = self.publisher.publish(store.pool());
         tracing::debug!(generation, "pod pool published");
     }
 
@@ -134,17 +146,17 @@ impl Runtime {
         }
     }
 
-    /// Writes the pod's record (or its absence) to the state database.
-    pub fn persist(&self, id: &PodId) -> Result<(), Error> {
-        let (record, next) = {
-            let store = self.store();
-            let record = store.pods.get(id).map(Db::encode).transpose()?;
-            (record, store.next_ordinal)
-        };
-        match record {
-            Some(record) => self.db.save(id, &record, next),
-            None => self.db.delete(id),
-        }
+    /// Writes the pod's record (or its absence) to the state database; the
+    /// record is taken now, the future completes once it is durable. The
+    /// commit runs on the writer thread: status calls do not wait for it.
+    pub fn persist(&self, id: &PodId) -> impl std::future::Future<Output = Result<(), Error>> {
+        let store = self.store();
+        let record = store.pods.get(id).map(Db::encode).transpose();
+        // Queued under the store's lock: records reach the database in the
+        // order of the changes they hold.
+        let write = record.map(|record| self.writer.write(id, record, store.next_ordinal));
+        drop(store);
+        async move { write?.await }
     }
 
     /// Writes every pod's record in one transaction (after recovery).
@@ -166,24 +178,17 @@ impl Runtime {
         self.db.load()
     }
 
-    /// A pod's lifecycle state and whether it has a container, if it exists.
-    pub fn phase(&self, id: &PodId) -> Option<(Lifecycle, bool)> {
-        self.store()
-            .pods
-            .get(id)
-            .map(|pod| (pod.lifecycle, pod.container.is_some()))
+    /// Serialises mutating calls on one pod (see `transaction.rs`).
+    pub(super) async fn lock_pod(&self, id: &PodId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.op_lock(id).lock_owned().await
     }
 
-    /// Serialises mutating calls on one pod.
-    pub async fn lock_pod(&self, id: &PodId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(id.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
+    pub(super) fn op_lock(&self, id: &PodId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.clone()).or_default().clone()
     }
 
-    pub fn forget_lock(&self, id: &PodId) {
+    pub(super) fn forget_lock(&self, id: &PodId) {
         self.op_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -196,16 +201,26 @@ impl Runtime {
         self.config.run_dir.join("pods").join(ordinal.to_string())
     }
 
-    pub fn container_dir(&self, ordinal: u64) -> PathBuf {
+    /// A container's state directory (overlay layers, spec, exit record).
+    pub fn container_dir(&self, id: &ContainerId) -> PathBuf {
         self.config
             .state_dir
             .join("containers")
-            .join(ordinal.to_string())
+            .join(local_name(id))
     }
 }
 
-/// Parses a pod or container ID from the kubelet. An ID that cannot be ours
-/// is simply unknown.
-pub fn parse_id(id: &str) -> Option<PodId> {
+/// A container's name on the node (its directory, its cgroup): `N` for a
+/// pod's first container, `N.K` for later ones.
+pub fn local_name(id: &ContainerId) -> String {
+    match id.seq {
+        0 => id.pod.ordinal().to_string(),
+        seq => format!("{}.{seq}", id.pod.ordinal()),
+    }
+}
+
+/// Parses a pod sandbox ID from the kubelet. An ID that cannot be ours is
+/// simply unknown.
+pub fn parse_pod_id(id: &str) -> Option<PodId> {
     id.parse().ok()
 }

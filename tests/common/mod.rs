@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kubelet;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -180,6 +182,28 @@ impl Node {
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.to_owned(),
             config: Some(container_config(name, envs)),
+            sandbox_config: Some(sandbox),
+        };
+        self.runtime
+            .create_container(req)
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    /// CreateContainer as the kubelet restarts one: `attempt` in the
+    /// metadata and the log path (`component/ATTEMPT.log`).
+    pub async fn create_attempt(
+        &mut self,
+        pod_id: &str,
+        attempt: u32,
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.sandbox_config(pod_id).await;
+        let mut config = container_config("component", &[]);
+        config.metadata.as_mut().unwrap().attempt = attempt;
+        config.log_path = format!("component/{attempt}.log");
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
             sandbox_config: Some(sandbox),
         };
         self.runtime

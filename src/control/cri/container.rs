@@ -1,5 +1,5 @@
-//! CreateContainer, StopContainer, RemoveContainer (StartContainer has its
-//! own file).
+//! CreateContainer, StopContainer, RemoveContainer, UpdateContainerResources,
+//! ReopenContainerLog (StartContainer has its own file).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,14 +11,31 @@ use super::labels;
 use super::sandbox::ignore_not_found;
 use crate::control::container::cgroup;
 use crate::control::lifecycle::{step, Call, Lifecycle, Step};
-use crate::control::runtime::{parse_id, Runtime};
-use crate::control::state::{now_nanos, Container, ContainerPhase};
+use crate::control::runtime::{local_name, parse_pod_id, Runtime};
+use crate::control::state::{now_nanos, Container, ContainerId, ContainerPhase};
 use crate::control::Error;
 use crate::pool::PodId;
 
+/// The error of a step that does not go ahead (`what` names the pod or
+/// container), or `None` for one that succeeds without doing anything.
+pub(super) fn refusal(what: &str, step: Step) -> Option<Error> {
+    match step {
+        Step::Conflict(why) => Some(Error::AlreadyExists(format!("{what}: {why}"))),
+        Step::Refuse(why) => Some(Error::FailedPrecondition(format!("{what}: {why}"))),
+        Step::Go(_) | Step::Delete | Step::AlreadyDone => None,
+    }
+}
+
+fn attempt(config: &cri::ContainerConfig) -> u32 {
+    config.metadata.as_ref().map_or(0, |m| m.attempt)
+}
+
 impl Runtime {
-    pub async fn create_container(&self, req: cri::CreateContainerRequest) -> Result<PodId, Error> {
-        let id = parse_id(&req.pod_sandbox_id).ok_or_else(|| {
+    pub async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<ContainerId, Error> {
+        let id = parse_pod_id(&req.pod_sandbox_id).ok_or_else(|| {
             Error::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
         })?;
         let config = req.config.ok_or_else(|| {
@@ -35,59 +52,60 @@ impl Runtime {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Error::InvalidArgument("container config without an image".into()))?;
+        let op = self.begin(&id).await;
+        let result = self.create_in(&id, config, &image_ref).await;
+        self.commit(op, result).await
+    }
 
-        let _op = self.lock_pod(&id).await;
-        let (lifecycle, present, pod_labels, log_dir) = {
+    async fn create_in(
+        &self,
+        id: &PodId,
+        config: cri::ContainerConfig,
+        image_ref: &str,
+    ) -> Result<ContainerId, Error> {
+        let (target, cid, log_dir) = {
             let store = self.store();
             let pod = store
                 .pods
-                .get(&id)
+                .get(id)
                 .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
-            (
-                pod.lifecycle,
-                pod.container.is_some(),
-                pod.config.labels.clone(),
-                pod.config.log_directory.clone(),
-            )
+            labels::check_container_labels(&config.labels, &pod.config.labels)?;
+            let current = pod.current();
+            let call = Call::CreateContainer {
+                same: current.is_some_and(|c| c.config == config),
+                newer: current.is_some_and(|c| attempt(&config) > attempt(&c.config)),
+            };
+            let target = match step(pod.lifecycle, call) {
+                Step::Go(target) => target,
+                Step::AlreadyDone => {
+                    return Ok(pod.container_id(current.expect("a retry has a container")))
+                }
+                other => return Err(refusal(&format!("pod {id}"), other).expect("refused")),
+            };
+            let cid = ContainerId {
+                pod: id.clone(),
+                seq: pod.next_seq,
+            };
+            (target, cid, pod.config.log_directory.clone())
         };
-        labels::check_container_labels(&config.labels, &pod_labels)?;
-        match step(lifecycle, Call::CreateContainer, present) {
-            Step::Go => {}
-            Step::SameOrConflict => {
-                let store = self.store();
-                let same = store.pods[&id]
-                    .container
-                    .as_ref()
-                    .is_some_and(|c| c.config == config);
-                return if same {
-                    Ok(id)
-                } else {
-                    Err(Error::AlreadyExists(format!(
-                        "pod {id} already has a container with a different configuration; remove it first"
-                    )))
-                };
-            }
-            Step::Refuse(why) => return Err(Error::FailedPrecondition(format!("pod {id}: {why}"))),
-            Step::AlreadyDone | Step::NoContainer => return Ok(id),
-        }
-        let image = self.images.find(&image_ref)?.ok_or_else(|| {
+        let image = self.images.find(image_ref)?.ok_or_else(|| {
             Error::NotFound(format!(
                 "image {image_ref:?} not found in the image store: pull it, or import it with `vimanad image import`"
             ))
         })?;
 
-        let dir = self.container_dir(id.ordinal());
-        // A container created again after RemoveContainer starts from a
-        // clean writable layer.
+        let dir = self.container_dir(&cid);
+        // A leftover of an earlier container with this ID (a removed pod's
+        // first container after a lost database) starts from clean layers.
         std::fs::remove_dir_all(&dir)
             .or_else(ignore_not_found)
             .map_err(Error::io(format!(
-                "container {id}: clear {}",
+                "container {cid}: clear {}",
                 dir.display()
             )))?;
         for sub in ["upper", "work", "merged"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(Error::io(format!(
-                "container {id}: create {}",
+                "container {cid}: create {}",
                 dir.join(sub).display()
             )))?;
         }
@@ -97,9 +115,11 @@ impl Runtime {
         let mut store = self.store();
         let pod = store
             .pods
-            .get_mut(&id)
+            .get_mut(id)
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
-        pod.container = Some(Container {
+        pod.next_seq = cid.seq + 1;
+        pod.containers.push(Container {
+            seq: cid.seq,
             config,
             image,
             created_at: now_nanos(),
@@ -114,45 +134,58 @@ impl Runtime {
             process: None,
             identity: None,
             cgroups: Vec::new(),
+            stop_requested: false,
         });
-        pod.lifecycle = Lifecycle::Created;
-        tracing::info!(container = %id, "container created");
-        Ok(id)
+        pod.lifecycle = target;
+        self.emit(&store, &cid, cri::ContainerEventType::ContainerCreatedEvent);
+        tracing::info!(container = %cid, "container created");
+        Ok(cid)
     }
 
     pub async fn stop_container(&self, container_id: &str, timeout_secs: i64) -> Result<(), Error> {
-        let Some(id) = parse_id(container_id) else {
+        let Some(cid) = ContainerId::parse(container_id) else {
             return Ok(());
         };
-        let _op = self.lock_pod(&id).await;
-        let Some((lifecycle, present)) = self.phase(&id) else {
+        let op = self.begin(&cid.pod).await;
+        let Some((lifecycle, current)) = self.placement(&cid) else {
             return Ok(());
         };
-        if step(lifecycle, Call::StopContainer, present) != Step::Go {
+        let Step::Go(target) = step(lifecycle, Call::StopContainer { current }) else {
             return Ok(());
-        }
-        self.stop_process(&id, Duration::from_secs(timeout_secs.max(0) as u64))
-            .await?;
-        if let Some(pod) = self.store().pods.get_mut(&id) {
-            pod.lifecycle = Lifecycle::Stopped;
-        }
-        tracing::info!(container = %id, "container stopped");
-        Ok(())
+        };
+        let grace = Duration::from_secs(timeout_secs.max(0) as u64);
+        let result = self.stop_process(&cid.pod, grace).await.map(|()| {
+            if let Some(pod) = self.store().pods.get_mut(&cid.pod) {
+                pod.lifecycle = target;
+            }
+            tracing::info!(container = %cid, "container stopped");
+        });
+        self.commit(op, result).await
     }
 
-    /// Takes the container out of routing, then SIGTERM, `grace`, SIGKILL,
-    /// and records the exit. Does nothing when no process runs.
+    /// The pod's lifecycle and whether the container is its current one,
+    /// if both exist.
+    pub(super) fn placement(&self, cid: &ContainerId) -> Option<(Lifecycle, bool)> {
+        let store = self.store();
+        let (pod, _) = store.container(cid)?;
+        Some((pod.lifecycle, pod.is_current(cid.seq)))
+    }
+
+    /// Takes the pod's running container out of routing (published before
+    /// any signal), then SIGTERM, `grace`, SIGKILL, and records the exit.
+    /// Does nothing when no process runs.
     pub(crate) async fn stop_process(&self, id: &PodId, grace: Duration) -> Result<(), Error> {
         let process = {
             let mut store = self.store();
-            if store.pool.set_not_running(id) {
-                self.publish(&store);
+            store.unroute(id);
+            self.publish_changes(&mut store);
+            let Some(c) = store.pods.get_mut(id).and_then(|p| p.current_mut()) else {
+                return Ok(());
+            };
+            if c.process.is_some() {
+                c.stop_requested = true;
             }
-            store
-                .pods
-                .get(id)
-                .and_then(|p| p.container.as_ref())
-                .and_then(|c| c.process.clone())
+            c.process.clone()
         };
         let Some(process) = process else {
             return Ok(());
@@ -176,68 +209,99 @@ impl Runtime {
         };
         let cgroups = {
             let mut store = self.store();
-            let Some(container) = store.pods.get_mut(id).and_then(|p| p.container.as_mut()) else {
+            let Some(pod) = store.pods.get_mut(id) else {
                 return Ok(());
             };
-            container.record_exit(process.pid, &record);
-            std::mem::take(&mut container.cgroups)
+            let Some(c) = pod.current_mut() else {
+                return Ok(());
+            };
+            let recorded = c.record_exit(process.pid, &record);
+            let cgroups = std::mem::take(&mut c.cgroups);
+            let cid = ContainerId {
+                pod: id.clone(),
+                seq: c.seq,
+            };
+            if recorded {
+                self.emit(&store, &cid, cri::ContainerEventType::ContainerStoppedEvent);
+            }
+            cgroups
         };
         cgroup::remove(&cgroups);
         Ok(())
     }
 
     pub async fn remove_container(&self, container_id: &str) -> Result<(), Error> {
-        let Some(id) = parse_id(container_id) else {
+        let Some(cid) = ContainerId::parse(container_id) else {
             return Ok(());
         };
-        let _op = self.lock_pod(&id).await;
-        let Some((lifecycle, present)) = self.phase(&id) else {
+        let op = self.begin(&cid.pod).await;
+        let Some((lifecycle, current)) = self.placement(&cid) else {
             return Ok(());
         };
-        match step(lifecycle, Call::RemoveContainer, present) {
-            Step::Go => {}
-            Step::Refuse(why) => {
-                return Err(Error::FailedPrecondition(format!("container {id}: {why}")))
-            }
-            _ => return Ok(()),
+        let Step::Go(target) = step(lifecycle, Call::RemoveContainer { current }) else {
+            return Ok(());
+        };
+        let result = self.remove_one(&cid, current, target).await;
+        self.commit(op, result).await
+    }
+
+    async fn remove_one(
+        &self,
+        cid: &ContainerId,
+        current: bool,
+        target: Lifecycle,
+    ) -> Result<(), Error> {
+        if current {
+            // Forced, as the CRI asks: a running container stops at once.
+            self.stop_process(&cid.pod, Duration::ZERO).await?;
         }
-        let dir = self.container_dir(id.ordinal());
+        let dir = self.container_dir(cid);
         std::fs::remove_dir_all(&dir)
             .or_else(ignore_not_found)
             .map_err(Error::io(format!(
-                "container {id}: remove {}",
+                "container {cid}: remove {}",
                 dir.display()
             )))?;
-        if let Some(pod) = self.store().pods.get_mut(&id) {
-            pod.container = None;
-            if pod.lifecycle != Lifecycle::Killed {
-                pod.lifecycle = Lifecycle::Removed;
-            }
+        let mut store = self.store();
+        if let Some(pod) = store.pods.get_mut(&cid.pod) {
+            pod.containers.retain(|c| c.seq != cid.seq);
+            pod.lifecycle = target;
+            self.emit(&store, cid, cri::ContainerEventType::ContainerDeletedEvent);
         }
-        tracing::info!(container = %id, "container removed");
+        drop(store);
+        tracing::info!(container = %cid, "container removed");
         Ok(())
     }
-}
 
-impl Runtime {
-    /// Applies new limits to a container's cgroup.
+    /// Applies new limits to a container's cgroup. Fields left zero or
+    /// empty keep their value, as containerd does: the status reports what
+    /// the cgroup holds.
     pub async fn update_container_resources(
         &self,
         container_id: &str,
         resources: Option<cri::LinuxContainerResources>,
     ) -> Result<(), Error> {
         let not_found = || Error::NotFound(format!("container {container_id:?} not found"));
-        let id = parse_id(container_id).ok_or_else(not_found)?;
-        let _op = self.lock_pod(&id).await;
+        let cid = ContainerId::parse(container_id).ok_or_else(not_found)?;
+        let op = self.begin(&cid.pod).await;
+        let result = self.update_resources(&cid, resources, not_found);
+        self.commit(op, result).await
+    }
+
+    fn update_resources(
+        &self,
+        cid: &ContainerId,
+        resources: Option<cri::LinuxContainerResources>,
+        not_found: impl Fn() -> Error,
+    ) -> Result<(), Error> {
         let limits = {
             let mut store = self.store();
-            let container = store
-                .pods
-                .get_mut(&id)
-                .and_then(|p| p.container.as_mut())
-                .ok_or_else(not_found)?;
+            let container = store.container_mut(cid).ok_or_else(not_found)?;
             let linux = container.config.linux.get_or_insert_with(Default::default);
-            linux.resources = resources;
+            let merged = linux.resources.get_or_insert_with(Default::default);
+            if let Some(new) = resources {
+                merge_resources(merged, new);
+            }
             if container.phase != ContainerPhase::Running {
                 return Ok(());
             }
@@ -245,14 +309,10 @@ impl Runtime {
         };
         let (_, warnings) = self
             .cgroups
-            .create(
-                &self.config.cgroup_parent,
-                &id.ordinal().to_string(),
-                &limits,
-            )
-            .map_err(Error::io(format!("container {id}: update cgroup")))?;
+            .create(&self.config.cgroup_parent, &local_name(cid), &limits)
+            .map_err(Error::io(format!("container {cid}: update cgroup")))?;
         for warning in warnings {
-            tracing::warn!(container = %id, "{warning}");
+            tracing::warn!(container = %cid, "{warning}");
         }
         Ok(())
     }
@@ -261,25 +321,18 @@ impl Runtime {
     /// and returns once the new file exists.
     pub async fn reopen_container_log(&self, container_id: &str) -> Result<(), Error> {
         let not_found = || Error::NotFound(format!("container {container_id:?} not found"));
-        let id = parse_id(container_id).ok_or_else(not_found)?;
+        let cid = ContainerId::parse(container_id).ok_or_else(not_found)?;
         let (process, log_path) = {
             let store = self.store();
-            let c = store
-                .pods
-                .get(&id)
-                .and_then(|p| p.container.as_ref())
-                .ok_or_else(not_found)?;
+            let (_, c) = store.container(&cid).ok_or_else(not_found)?;
             (c.process.clone(), c.log_path.clone())
         };
+        let not_running = || Error::FailedPrecondition(format!("container {cid} is not running"));
         let (Some(process), Some(log_path)) = (process, log_path) else {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
+            return Err(not_running());
         };
         if process.exit().is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
+            return Err(not_running());
         }
         let shim = process.shim_pid;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGUSR1);
@@ -290,8 +343,58 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Err(Error::DeadlineExceeded(format!(
-            "container {id}: log file {} was not reopened within 1s",
+            "container {cid}: log file {} was not reopened within 1s",
             log_path.display()
         )))
+    }
+}
+
+/// Overwrites the fields `new` sets (non-zero, non-empty); the others keep
+/// their value.
+fn merge_resources(into: &mut cri::LinuxContainerResources, new: cri::LinuxContainerResources) {
+    fn set<T: PartialEq + Default>(into: &mut T, new: T) {
+        if new != T::default() {
+            *into = new;
+        }
+    }
+    set(&mut into.cpu_period, new.cpu_period);
+    set(&mut into.cpu_quota, new.cpu_quota);
+    set(&mut into.cpu_shares, new.cpu_shares);
+    set(&mut into.memory_limit_in_bytes, new.memory_limit_in_bytes);
+    set(&mut into.oom_score_adj, new.oom_score_adj);
+    set(&mut into.cpuset_cpus, new.cpuset_cpus);
+    set(&mut into.cpuset_mems, new.cpuset_mems);
+    set(&mut into.hugepage_limits, new.hugepage_limits);
+    set(
+        &mut into.memory_swap_limit_in_bytes,
+        new.memory_swap_limit_in_bytes,
+    );
+    into.unified.extend(new.unified);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_resource_updates_merge() {
+        let mut held = cri::LinuxContainerResources::default();
+        merge_resources(
+            &mut held,
+            cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            },
+        );
+        merge_resources(
+            &mut held,
+            cri::LinuxContainerResources {
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(held.memory_limit_in_bytes, 64 << 20);
+        assert_eq!((held.cpu_quota, held.cpu_period), (50_000, 100_000));
     }
 }

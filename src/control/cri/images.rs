@@ -52,7 +52,7 @@ impl Runtime {
             let user = store
                 .pods
                 .values()
-                .find(|p| p.container.as_ref().is_some_and(|c| c.image.id == image.id));
+                .find(|p| p.containers.iter().any(|c| c.image.id == image.id));
             if let Some(pod) = user {
                 return Err(Error::FailedPrecondition(format!(
                     "image {reference:?} is used by container {}; remove the container first",

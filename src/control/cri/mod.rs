@@ -5,11 +5,13 @@
 //! `From<control::Error> for Status`. Business logic does not belong here.
 
 mod container;
+mod events;
 mod images;
 mod labels;
 mod query;
 mod sandbox;
 mod start;
+mod user;
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::runtime::Runtime;
 
+pub(crate) use events::channel as events_channel;
 pub use labels::{DOMAIN as LABEL_DOMAIN, SERVICE as LABEL_SERVICE, VERSION as LABEL_VERSION};
 
 /// The CRI name and version this runtime reports.
@@ -39,28 +42,17 @@ impl Cri {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Writes the pod a mutating call touched to the state database, whatever
-/// the call's outcome (a failed start changes state too); the call succeeds
-/// only if both did.
-fn persisted<T>(
-    runtime: &Runtime,
-    id: &str,
-    result: Result<T, crate::control::Error>,
-) -> Result<T, Status> {
-    let saved = match crate::control::runtime::parse_id(id) {
-        Some(id) => runtime.persist(&id),
-        None => Ok(()),
-    };
-    let value = result?;
-    saved?;
-    Ok(value)
+fn unsupported<T>(what: &str) -> Reply<T> {
+    refused(what, "it is not implemented by vimanad yet")
 }
 
-fn unsupported<T>(what: &str) -> Reply<T> {
-    Err(Status::unimplemented(format!(
-        "{what} is not supported by vimanad: components are reached only through their gRPC socket"
-    )))
+/// UNIMPLEMENTED with the call's own reason.
+fn refused<T>(what: &str, why: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!("{what}: {why}")))
 }
+
+/// Exec, ExecSync, Attach and PortForward.
+const NO_STREAMING: &str = "vimanad has no CRI streaming server yet (exec, attach and port-forward into components are not implemented)";
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -77,8 +69,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Reply<cri::RunPodSandboxResponse> {
-        let id = self.runtime.run_pod_sandbox(req.into_inner())?;
-        self.runtime.persist(&id)?;
+        let id = self.runtime.run_pod_sandbox(req.into_inner()).await?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id.to_string(),
         }))
@@ -89,8 +80,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Reply<cri::StopPodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        let result = self.runtime.stop_pod_sandbox(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.stop_pod_sandbox(&id).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -99,8 +89,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Reply<cri::RemovePodSandboxResponse> {
         let id = req.into_inner().pod_sandbox_id;
-        let result = self.runtime.remove_pod_sandbox(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.remove_pod_sandbox(&id).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -126,10 +115,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Reply<cri::CreateContainerResponse> {
-        let req = req.into_inner();
-        let pod = req.pod_sandbox_id.clone();
-        let result = self.runtime.create_container(req).await;
-        let id = persisted(&self.runtime, &pod, result)?;
+        let id = self.runtime.create_container(req.into_inner()).await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id.to_string(),
         }))
@@ -140,8 +126,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StartContainerRequest>,
     ) -> Reply<cri::StartContainerResponse> {
         let id = req.into_inner().container_id;
-        let result = self.runtime.start_container(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.start_container(&id).await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -150,11 +135,9 @@ impl RuntimeService for Cri {
         req: Request<cri::StopContainerRequest>,
     ) -> Reply<cri::StopContainerResponse> {
         let req = req.into_inner();
-        let result = self
-            .runtime
+        self.runtime
             .stop_container(&req.container_id, req.timeout)
-            .await;
-        persisted(&self.runtime, &req.container_id, result)?;
+            .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -163,8 +146,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemoveContainerRequest>,
     ) -> Reply<cri::RemoveContainerResponse> {
         let id = req.into_inner().container_id;
-        let result = self.runtime.remove_container(&id).await;
-        persisted(&self.runtime, &id, result)?;
+        self.runtime.remove_container(&id).await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -191,11 +173,9 @@ impl RuntimeService for Cri {
         req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Reply<cri::UpdateContainerResourcesResponse> {
         let req = req.into_inner();
-        let result = self
-            .runtime
+        self.runtime
             .update_container_resources(&req.container_id, req.linux)
-            .await;
-        persisted(&self.runtime, &req.container_id, result)?;
+            .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -210,22 +190,22 @@ impl RuntimeService for Cri {
     }
 
     async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        unsupported("ExecSync")
+        refused("ExecSync", NO_STREAMING)
     }
 
     async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        unsupported("Exec")
+        refused("Exec", NO_STREAMING)
     }
 
     async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        unsupported("Attach")
+        refused("Attach", NO_STREAMING)
     }
 
     async fn port_forward(
         &self,
         _: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        unsupported("PortForward")
+        refused("PortForward", NO_STREAMING)
     }
 
     async fn container_stats(
@@ -289,7 +269,10 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::CheckpointContainerRequest>,
     ) -> Reply<cri::CheckpointContainerResponse> {
-        unsupported("CheckpointContainer")
+        refused(
+            "CheckpointContainer",
+            "checkpointing is not supported: a component is restarted, never migrated with its memory",
+        )
     }
 
     type GetContainerEventsStream = std::pin::Pin<
@@ -300,7 +283,7 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        unsupported("GetContainerEvents")
+        Ok(Response::new(Box::pin(self.runtime.container_events())))
     }
 
     async fn list_metric_descriptors(

@@ -6,41 +6,17 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 
 use crate::control::lifecycle::Lifecycle;
-use crate::control::runtime::{parse_id, Runtime};
-use crate::control::state::{now_nanos, Container, ContainerPhase, Pod};
+use crate::control::runtime::{parse_pod_id, Runtime};
+use crate::control::state::{now_nanos, Container, ContainerId, ContainerPhase, Pod};
 use crate::control::Error;
 
 impl Runtime {
     pub fn pod_sandbox_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatusResponse, Error> {
         let not_found = || Error::NotFound(format!("pod sandbox {pod_id:?} not found"));
-        let id = parse_id(pod_id).ok_or_else(not_found)?;
+        let id = parse_pod_id(pod_id).ok_or_else(not_found)?;
         let store = self.store();
         let pod = store.pods.get(&id).ok_or_else(not_found)?;
-        let status = cri::PodSandboxStatus {
-            id: pod.id.to_string(),
-            metadata: Some(pod.metadata()),
-            state: sandbox_state(pod) as i32,
-            created_at: pod.created_at,
-            network: Some(cri::PodSandboxNetworkStatus {
-                ip: self.config.pod_ip.clone(),
-                additional_ips: Vec::new(),
-            }),
-            linux: Some(cri::LinuxPodSandboxStatus {
-                namespaces: Some(cri::Namespace {
-                    options: Some(cri::NamespaceOption {
-                        // Components share the node's network; the data
-                        // plane reaches them through their socket.
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Container as i32,
-                        ..Default::default()
-                    }),
-                }),
-            }),
-            labels: pod.config.labels.clone(),
-            annotations: pod.config.annotations.clone(),
-            runtime_handler: pod.runtime_handler.clone(),
-        };
+        let status = self.sandbox_status(pod);
         let mut info = HashMap::new();
         info.insert("lifecycle".to_owned(), pod.lifecycle.to_string());
         info.insert(
@@ -53,13 +29,43 @@ impl Runtime {
             status: Some(status),
             info,
             containers_statuses: pod
-                .container
-                .as_ref()
+                .containers
+                .iter()
                 .map(|c| container_status(pod, c))
-                .into_iter()
                 .collect(),
             timestamp: now_nanos(),
         })
+    }
+
+    /// A pod's sandbox status (also carried by container events).
+    pub(super) fn sandbox_status(&self, pod: &Pod) -> cri::PodSandboxStatus {
+        cri::PodSandboxStatus {
+            id: pod.id.to_string(),
+            metadata: Some(pod.metadata()),
+            state: sandbox_state(pod) as i32,
+            created_at: pod.created_at,
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: self.config.pod_ip.clone(),
+                additional_ips: Vec::new(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(cri::NamespaceOption {
+                        // The mode the pod asked for (the kubelet starts a
+                        // new sandbox when it differs from the pod's
+                        // hostNetwork); the data plane reaches components
+                        // through their socket either way.
+                        network: network_mode(&pod.config) as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            labels: pod.config.labels.clone(),
+            annotations: pod.config.annotations.clone(),
+            runtime_handler: pod.runtime_handler.clone(),
+        }
     }
 
     pub fn list_pod_sandbox(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
@@ -93,10 +99,9 @@ impl Runtime {
         container_id: &str,
     ) -> Result<cri::ContainerStatusResponse, Error> {
         let not_found = || Error::NotFound(format!("container {container_id:?} not found"));
-        let id = parse_id(container_id).ok_or_else(not_found)?;
+        let id = ContainerId::parse(container_id).ok_or_else(not_found)?;
         let store = self.store();
-        let pod = store.pods.get(&id).ok_or_else(not_found)?;
-        let container = pod.container.as_ref().ok_or_else(not_found)?;
+        let (pod, container) = store.container(&id).ok_or_else(not_found)?;
         let mut info = HashMap::new();
         info.insert("lifecycle".to_owned(), pod.lifecycle.to_string());
         if let Some(p) = &container.process {
@@ -114,8 +119,8 @@ impl Runtime {
         store
             .pods
             .values()
-            .filter_map(|pod| pod.container.as_ref().map(|c| (pod, c)))
-            .filter(|(pod, _)| filter.id.is_empty() || pod.id.to_string() == filter.id)
+            .flat_map(|pod| pod.containers.iter().map(move |c| (pod, c)))
+            .filter(|(pod, c)| filter.id.is_empty() || pod.container_id(c).to_string() == filter.id)
             .filter(|(pod, _)| {
                 filter.pod_sandbox_id.is_empty() || pod.id.to_string() == filter.pod_sandbox_id
             })
@@ -127,10 +132,10 @@ impl Runtime {
             })
             .filter(|(_, c)| selects(&filter.label_selector, &c.config.labels))
             .map(|(pod, c)| cri::Container {
-                id: pod.id.to_string(),
+                id: pod.container_id(c).to_string(),
                 pod_sandbox_id: pod.id.to_string(),
                 metadata: c.config.metadata.clone(),
-                image: c.config.image.clone(),
+                image: Some(image_spec(c)),
                 image_ref: c.image.id.clone(),
                 state: container_state(c) as i32,
                 created_at: c.created_at,
@@ -139,6 +144,19 @@ impl Runtime {
                 image_id: c.image.id.clone(),
             })
             .collect()
+    }
+}
+
+fn network_mode(config: &cri::PodSandboxConfig) -> cri::NamespaceMode {
+    let asked = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(0, |n| n.network);
+    match cri::NamespaceMode::try_from(asked) {
+        Ok(cri::NamespaceMode::Node) => cri::NamespaceMode::Node,
+        _ => cri::NamespaceMode::Pod,
     }
 }
 
@@ -157,16 +175,16 @@ fn container_state(c: &Container) -> cri::ContainerState {
     }
 }
 
-fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus {
+pub(super) fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus {
     cri::ContainerStatus {
-        id: pod.id.to_string(),
+        id: pod.container_id(c).to_string(),
         metadata: c.config.metadata.clone(),
         state: container_state(c) as i32,
         created_at: c.created_at,
         started_at: c.started_at,
         finished_at: c.finished_at,
         exit_code: c.exit_code,
-        image: c.config.image.clone(),
+        image: Some(image_spec(c)),
         image_ref: c.image.id.clone(),
         reason: c.reason.clone(),
         message: c.message.clone(),
@@ -190,6 +208,20 @@ fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus {
         image_id: c.image.id.clone(),
         user: None,
     }
+}
+
+/// The image as the kubelet names it: the name it asked for, or the
+/// image's first name when it asked by ID (as it does: it resolves names
+/// to IDs before CreateContainer). `image_ref` carries the ID.
+fn image_spec(c: &Container) -> cri::ImageSpec {
+    let mut spec = c.config.image.clone().unwrap_or_default();
+    let by_id = spec.image == c.image.id || spec.image.starts_with("sha256:");
+    if by_id {
+        if let Some(name) = c.image.repo_tags.first().or(c.image.repo_digests.first()) {
+            spec.image = name.clone();
+        }
+    }
+    spec
 }
 
 /// Every selector label must be present with the same value.

@@ -2,9 +2,10 @@
 //!
 //! The container is routable (in the pod pool) before this call returns
 //! success, and a start that fails leaves the pod `Stopped` with the reason,
-//! no process and no cgroup behind.
+//! no process and no cgroup behind (one rollback: [`Runtime::roll_back`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
@@ -13,116 +14,147 @@ use crate::control::container::{
     self, cgroup, log_tail, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
     SOCKET_DIR_IN_CONTAINER, SOCKET_NAME,
 };
-use crate::control::image::ImageConfig;
+use crate::control::image::{Image, ImageConfig};
 use crate::control::lifecycle::{step, Call, Lifecycle, Step};
-use crate::control::runtime::{parse_id, Runtime};
-use crate::control::state::{now_nanos, ContainerPhase};
+use crate::control::runtime::{local_name, Runtime};
+use crate::control::state::{now_nanos, ContainerId, ContainerPhase};
 use crate::control::Error;
-use crate::pool::PodId;
+
+/// What a start needs from the store, taken once.
+struct Inputs {
+    sandbox: cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+    image: Image,
+    socket_dir: PathBuf,
+    dir: PathBuf,
+    log_path: Option<PathBuf>,
+}
+
+/// Where a container's process runs: known once the image is unpacked and
+/// the cgroups made.
+struct Placement {
+    lower: PathBuf,
+    cgroups: Vec<PathBuf>,
+    log_path: Option<PathBuf>,
+}
+
+/// What a start made so far, for its rollback.
+#[derive(Default)]
+struct Made {
+    process: Option<Process>,
+    cgroups: Vec<PathBuf>,
+}
 
 impl Runtime {
-    pub async fn start_container(
-        self: &std::sync::Arc<Self>,
-        container_id: &str,
-    ) -> Result<(), Error> {
-        let id = parse_id(container_id)
+    pub async fn start_container(self: &Arc<Self>, container_id: &str) -> Result<(), Error> {
+        let cid = ContainerId::parse(container_id)
             .ok_or_else(|| Error::NotFound(format!("container {container_id:?} not found")))?;
-        let _op = self.lock_pod(&id).await;
-        let (spec, log_path, limits) = {
+        let op = self.begin(&cid.pod).await;
+        let result = self.start(&cid).await;
+        self.commit(op, result).await
+    }
+
+    async fn start(self: &Arc<Self>, cid: &ContainerId) -> Result<(), Error> {
+        let inputs = {
             let mut store = self.store();
-            let pod = store
-                .pods
-                .get_mut(&id)
-                .ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
-            match step(pod.lifecycle, Call::StartContainer, pod.container.is_some()) {
-                Step::Go => {}
-                Step::AlreadyDone => return Ok(()),
-                Step::NoContainer => {
-                    return Err(Error::NotFound(format!(
-                        "container {id} not found: the pod has no container (CreateContainer first)"
-                    )))
-                }
-                Step::Refuse(why) => {
-                    return Err(Error::FailedPrecondition(format!("container {id}: {why}")))
-                }
-                Step::SameOrConflict => unreachable!("not a StartContainer step"),
+            let pod = store.pods.get_mut(&cid.pod).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "container {cid} not found: the pod has no container (CreateContainer first)"
+                ))
+            })?;
+            let current = pod.is_current(cid.seq);
+            if pod.container(cid.seq).is_none() {
+                return Err(Error::NotFound(format!(
+                    "container {cid} not found: the pod has no container (CreateContainer first)"
+                )));
             }
-            let container = pod.container.as_ref().expect("step checked the container");
-            let spec = launch_spec(
-                &id,
-                &pod.config,
-                &container.config,
-                &container.image.config,
-                &pod.socket_dir,
-                &container.dir,
-            )?;
-            let limits = limits_of(&container.config);
-            let log_path = container.log_path.clone();
-            let mut spec = spec;
-            spec.log_path = log_path.clone();
-            pod.lifecycle = Lifecycle::Starting;
-            (spec, log_path, limits)
+            match step(pod.lifecycle, Call::StartContainer { current }) {
+                Step::Go(target) => pod.lifecycle = target,
+                Step::AlreadyDone => return Ok(()),
+                other => {
+                    return Err(
+                        super::container::refusal(&format!("container {cid}"), other)
+                            .expect("refused"),
+                    )
+                }
+            }
+            let c = pod.container(cid.seq).expect("checked above");
+            Inputs {
+                sandbox: pod.config.clone(),
+                config: c.config.clone(),
+                image: c.image.clone(),
+                socket_dir: pod.socket_dir.clone(),
+                dir: c.dir.clone(),
+                log_path: c.log_path.clone(),
+            }
         };
-        match self
-            .launch_and_wait(&id, spec, log_path.as_deref(), &limits)
-            .await
-        {
+        let mut made = Made::default();
+        match self.launch(cid, &inputs, &mut made).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                if let Some(pod) = self.store().pods.get_mut(&id) {
-                    pod.lifecycle = Lifecycle::Stopped;
-                    if let Some(c) = pod.container.as_mut() {
-                        if c.phase != ContainerPhase::Exited {
-                            c.phase = ContainerPhase::Exited;
-                            c.finished_at = now_nanos();
-                            c.exit_code = 128;
-                            c.reason = "StartError".into();
-                            c.message = e.to_string();
-                        }
-                    }
-                }
-                tracing::warn!(container = %id, error = %e, "container failed to start");
+                self.roll_back(cid, made, &e).await;
                 Err(e)
             }
         }
     }
 
-    async fn launch_and_wait(
-        self: &std::sync::Arc<Self>,
-        id: &PodId,
-        mut spec: LaunchSpec,
-        log_path: Option<&Path>,
-        limits: &cgroup::Limits,
+    /// Every step of a start; on error the caller rolls back what `made`
+    /// holds.
+    async fn launch(
+        self: &Arc<Self>,
+        cid: &ContainerId,
+        inputs: &Inputs,
+        made: &mut Made,
     ) -> Result<(), Error> {
         let image_rootfs = {
-            let images = self.images.clone();
-            let image = self.store().pods[id]
-                .container
-                .as_ref()
-                .map(|c| c.image.clone());
-            let image =
-                image.ok_or_else(|| Error::NotFound(format!("container {id} not found")))?;
+            let (images, image) = (self.images.clone(), inputs.image.clone());
             tokio::task::spawn_blocking(move || images.rootfs(&image))
                 .await
                 .map_err(|e| Error::Io {
-                    what: format!("container {id}: unpack image"),
+                    what: format!("container {cid}: unpack image"),
                     source: std::io::Error::other(e),
                 })??
         };
         container::prepare_mountpoints(&image_rootfs).map_err(Error::io(format!(
-            "container {id}: prepare {}",
+            "container {cid}: prepare {}",
             image_rootfs.display()
         )))?;
-        spec.lower = image_rootfs;
 
-        let socket = container::socket_path(&spec.socket_dir);
+        let socket = container::socket_path(&inputs.socket_dir);
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return Err(Error::FailedPrecondition(format!(
-                "container {id}: socket {} is in use by another process",
+                "container {cid}: socket {} is in use by another process",
                 socket.display()
             )));
         }
         let _ = std::fs::remove_file(&socket);
+
+        let (cgroups, warnings) = self
+            .cgroups
+            .create(
+                &self.config.cgroup_parent,
+                &local_name(cid),
+                &limits_of(&inputs.config),
+            )
+            .map_err(Error::io(format!("container {cid}: create cgroup")))?;
+        made.cgroups = cgroups.clone();
+        for warning in warnings {
+            tracing::warn!(container = %cid, "{warning}");
+        }
+        let placement = Placement {
+            lower: image_rootfs,
+            cgroups: cgroups.clone(),
+            log_path: inputs.log_path.clone(),
+        };
+        let spec = launch_spec(
+            cid,
+            &inputs.sandbox,
+            &inputs.config,
+            &inputs.image.config,
+            &inputs.socket_dir,
+            &inputs.dir,
+            placement,
+        )?;
         if let (Some(uid), Some(gid)) = (spec.uid, spec.gid.or(Some(0))) {
             let _ = nix::unistd::chown(
                 &spec.socket_dir,
@@ -131,137 +163,137 @@ impl Runtime {
             );
         }
 
-        let (cgroups, warnings) = self
-            .cgroups
-            .create(
-                &self.config.cgroup_parent,
-                &id.ordinal().to_string(),
-                limits,
-            )
-            .map_err(Error::io(format!("container {id}: create cgroup")))?;
-        for warning in warnings {
-            tracing::warn!(container = %id, "{warning}");
-        }
-        spec.cgroups = cgroups.clone();
-
-        let dir = self.container_dir(id.ordinal());
-        let process = match container::launch(&spec, &dir).await {
-            Ok(process) => process,
-            Err(e) => {
-                cgroup::remove(&cgroups);
-                return Err(e.into());
-            }
-        };
-        {
-            let mut store = self.store();
-            if let Some(c) = store.pods.get_mut(id).and_then(|p| p.container.as_mut()) {
-                c.identity = Some(process.identity());
-                c.process = Some(process.clone());
-                c.cgroups = cgroups.clone();
-                c.phase = ContainerPhase::Created;
-                c.started_at = now_nanos();
-                c.exit_code = 0;
-                c.reason.clear();
-                c.message.clear();
-            }
+        let process = container::launch(&spec, &inputs.dir).await?;
+        made.process = Some(process.clone());
+        if let Some(c) = self.store().container_mut(cid) {
+            c.identity = Some(process.identity());
+            c.process = Some(process.clone());
+            c.cgroups = cgroups;
+            c.phase = ContainerPhase::Created;
+            c.started_at = now_nanos();
+            c.finished_at = 0;
+            c.exit_code = 0;
+            c.reason.clear();
+            c.message.clear();
+            c.stop_requested = false;
         }
         // Recorded before waiting for readiness: a runtime that dies now
-        // must find (and not orphan) this process when it comes back.
-        if let Err(e) = self.persist(id) {
-            process.signal(Signal::SIGKILL);
-            process.wait().await;
-            cgroup::remove(&cgroups);
-            return Err(e);
-        }
+        // must find (and not orphan) this process when it comes back. The
+        // transaction's commit records the outcome.
+        self.persist(&cid.pod).await?;
 
         match wait_ready(&socket, &process, self.config.start_timeout).await {
             Ok(readiness) => {
                 let mut store = self.store();
-                let pod = store
-                    .pods
-                    .get_mut(id)
-                    .expect("pod held by the operation lock");
-                pod.lifecycle = Lifecycle::Running;
-                if let Some(c) = pod.container.as_mut() {
-                    c.phase = ContainerPhase::Running;
+                let mut started_at = 0;
+                if let Some(pod) = store.pods.get_mut(&cid.pod) {
+                    pod.lifecycle = Lifecycle::Running;
+                    if let Some(c) = pod.container_mut(cid.seq) {
+                        c.phase = ContainerPhase::Running;
+                        started_at = c.started_at;
+                    }
                 }
-                let incarnation = pod_started_at(&store, id);
-                store.pool.set_running(id, socket.clone(), incarnation);
-                self.publish(&store);
+                store.route(&cid.pod, socket, started_at as u64);
+                self.emit(&store, cid, cri::ContainerEventType::ContainerStartedEvent);
                 drop(store);
-                self.watch_exit(id.clone(), process);
-                tracing::info!(container = %id, ?readiness, "container running");
+                self.watch_exit(cid.clone(), process);
+                tracing::info!(container = %cid, ?readiness, "container running");
                 Ok(())
             }
-            Err(not_ready) => {
-                let error = match not_ready {
-                    NotReady::Exited(record) => ContainerError::ExitedDuringStart {
-                        id: id.to_string(),
-                        code: record.exit_code,
-                        log: log_tail(log_path, 3),
-                    },
-                    NotReady::Timeout(last) => {
-                        process.signal(Signal::SIGKILL);
-                        ContainerError::NotReady {
-                            id: id.to_string(),
-                            timeout: self.config.start_timeout,
-                            last,
-                        }
-                    }
-                };
-                let record = process.wait().await;
-                let cgroups = {
-                    let mut store = self.store();
-                    let c = store.pods.get_mut(id).and_then(|p| p.container.as_mut());
-                    match c {
-                        Some(c) => {
-                            c.record_exit(process.pid, &record);
-                            c.reason = "StartError".into();
-                            c.message = error.to_string();
-                            std::mem::take(&mut c.cgroups)
-                        }
-                        None => Vec::new(),
-                    }
-                };
-                cgroup::remove(&cgroups);
-                Err(error.into())
+            Err(NotReady::Exited(record)) => Err(ContainerError::ExitedDuringStart {
+                id: cid.to_string(),
+                code: record.exit_code,
+                log: log_tail(inputs.log_path.as_deref(), 3),
             }
+            .into()),
+            Err(NotReady::Timeout(last)) => Err(ContainerError::NotReady {
+                id: cid.to_string(),
+                timeout: self.config.start_timeout,
+                last,
+            }
+            .into()),
         }
     }
 
+    /// The one rollback of a failed start: the process (if any) killed and
+    /// reaped, its cgroups removed, the container EXITED with the reason,
+    /// the pod `Stopped`.
+    async fn roll_back(&self, cid: &ContainerId, made: Made, error: &Error) {
+        let record = match &made.process {
+            Some(process) => {
+                process.signal(Signal::SIGKILL);
+                Some(process.wait().await)
+            }
+            None => None,
+        };
+        {
+            let mut store = self.store();
+            if let Some(pod) = store.pods.get_mut(&cid.pod) {
+                pod.lifecycle = Lifecycle::Stopped;
+                if let Some(c) = pod.container_mut(cid.seq) {
+                    match (&made.process, &record) {
+                        (Some(process), Some(record)) => {
+                            c.record_exit(process.pid, record);
+                        }
+                        _ => {
+                            c.phase = ContainerPhase::Exited;
+                            c.finished_at = now_nanos();
+                            c.exit_code = 128;
+                        }
+                    }
+                    c.phase = ContainerPhase::Exited;
+                    c.reason = "StartError".into();
+                    c.message = error.to_string();
+                    c.cgroups.clear();
+                }
+            }
+            self.emit(&store, cid, cri::ContainerEventType::ContainerStoppedEvent);
+        }
+        cgroup::remove(&made.cgroups);
+        tracing::warn!(container = %cid, error = %error, "container failed to start");
+    }
+
     /// Marks the container EXITED and takes it out of routing the moment
-    /// its process ends on its own.
-    pub(crate) fn watch_exit(self: &std::sync::Arc<Self>, id: PodId, process: Process) {
-        let runtime = std::sync::Arc::downgrade(self);
+    /// its process ends on its own, then records it.
+    pub(crate) fn watch_exit(self: &Arc<Self>, cid: ContainerId, process: Process) {
+        let runtime = Arc::downgrade(self);
         tokio::spawn(async move {
             let record = process.wait().await;
             let Some(runtime) = runtime.upgrade() else {
                 return;
             };
-            let cgroups = {
+            let (cgroups, requested) = {
                 let mut store = runtime.store();
-                let Some(pod) = store.pods.get_mut(&id) else {
+                let Some(pod) = store.pods.get_mut(&cid.pod) else {
                     return;
                 };
-                let Some(container) = pod.container.as_mut() else {
+                let current = pod.is_current(cid.seq);
+                let Some(c) = pod.container_mut(cid.seq) else {
                     return;
                 };
-                if !container.record_exit(process.pid, &record) {
+                if !c.record_exit(process.pid, &record) {
                     return;
                 }
-                if matches!(pod.lifecycle, Lifecycle::Running | Lifecycle::Starting) {
+                let requested = c.stop_requested;
+                let cgroups = std::mem::take(&mut c.cgroups);
+                if current && matches!(pod.lifecycle, Lifecycle::Running | Lifecycle::Starting) {
                     pod.lifecycle = Lifecycle::Stopped;
                 }
-                let cgroups = std::mem::take(&mut container.cgroups);
-                if store.pool.set_not_running(&id) {
-                    runtime.publish(&store);
+                if current {
+                    store.unroute(&cid.pod);
+                    runtime.publish_changes(&mut store);
                 }
-                cgroups
+                runtime.emit(&store, &cid, cri::ContainerEventType::ContainerStoppedEvent);
+                (cgroups, requested)
             };
             cgroup::remove(&cgroups);
-            tracing::warn!(container = %id, exit_code = record.exit_code, "container exited");
-            if let Err(e) = runtime.persist(&id) {
-                tracing::error!(container = %id, error = %e, "cannot record the container's exit");
+            if requested {
+                tracing::info!(container = %cid, exit_code = record.exit_code, "container exited");
+            } else {
+                tracing::warn!(container = %cid, exit_code = record.exit_code, "container exited on its own");
+            }
+            if let Err(e) = runtime.persist(&cid.pod).await {
+                tracing::error!(container = %cid, error = %e, "cannot record the container's exit");
             }
         });
     }
@@ -270,12 +302,13 @@ impl Runtime {
 /// The process to run, as Docker and containerd compose it: the CRI command
 /// replaces the image entrypoint (and drops its cmd); CRI args replace cmd.
 fn launch_spec(
-    id: &PodId,
+    id: &ContainerId,
     sandbox: &cri::PodSandboxConfig,
     config: &cri::ContainerConfig,
     image: &ImageConfig,
     socket_dir: &Path,
     dir: &Path,
+    placement: Placement,
 ) -> Result<LaunchSpec, Error> {
     let mut args = if config.command.is_empty() {
         image.entrypoint.clone()
@@ -306,7 +339,7 @@ fn launch_spec(
         "VIMANA_GRPC_ADDRESS",
         &format!("unix:{SOCKET_DIR_IN_CONTAINER}/{SOCKET_NAME}"),
     );
-    set("VIMANA_POD_ID", &id.to_string());
+    set("VIMANA_POD_ID", &id.pod.to_string());
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
@@ -317,13 +350,10 @@ fn launch_spec(
         .and_then(|l| l.security_context.as_ref());
     let (mut uid, mut gid) = (None, None);
     if let Some(user) = image.user.as_deref().filter(|u| !u.is_empty()) {
-        let (u, g) = user.split_once(':').unwrap_or((user, ""));
-        uid = Some(u.parse::<u32>().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "container {id}: image user {user:?} is not numeric; user names are not supported (set runAsUser)"
-            ))
-        })?);
-        gid = g.parse::<u32>().ok();
+        let found = super::user::resolve(&placement.lower, user).map_err(|e| {
+            Error::InvalidArgument(format!("container {id}: {e} (or set runAsUser)"))
+        })?;
+        (uid, gid) = (Some(found.uid), found.gid);
     }
     if let Some(s) = security {
         if let Some(u) = &s.run_as_user {
@@ -348,7 +378,7 @@ fn launch_spec(
     };
     Ok(LaunchSpec {
         container_id: id.to_string(),
-        lower: Default::default(),
+        lower: placement.lower,
         upper: dir.join("upper"),
         work: dir.join("work"),
         merged: dir.join("merged"),
@@ -363,8 +393,8 @@ fn launch_spec(
             .map(|s| s.supplemental_groups.iter().map(|g| *g as u32).collect())
             .unwrap_or_default(),
         socket_dir: socket_dir.to_path_buf(),
-        log_path: None,
-        cgroups: Vec::new(),
+        log_path: placement.log_path,
+        cgroups: placement.cgroups,
         exit_file: dir.join("exit.json"),
     })
 }
@@ -388,12 +418,4 @@ pub(crate) fn limits_of(config: &cri::ContainerConfig) -> cgroup::Limits {
         cpuset_mems: r.cpuset_mems.clone(),
         unified,
     }
-}
-
-fn pod_started_at(store: &crate::control::state::Store, id: &PodId) -> u64 {
-    store.pods[id]
-        .container
-        .as_ref()
-        .map(|c| c.started_at as u64)
-        .unwrap_or_default()
 }
