@@ -134,6 +134,11 @@ pub fn prepare_mountpoints(rootfs: &Path) -> std::io::Result<()> {
         let path = rootfs.join(dir);
         if !path.is_dir() {
             std::fs::create_dir_all(&path)?;
+            if dir == "tmp" {
+                // As every distribution has it: any user may write there.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))?;
+            }
         }
     }
     let resolv = rootfs.join("etc/resolv.conf");
