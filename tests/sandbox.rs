@@ -280,6 +280,18 @@ async fn a_default_pod_is_refused_every_escape() {
             vimanad_call(&node, "example.com", UNARY, &["--text", &format!("c{i}")]);
         assert_eq!(code, 0, "call {i} on a new connection: {err}");
     }
+    // And it still serves: the probes cost it nothing it needs.
+    assert_eq!(node.state(&id).await, cri::ContainerState::ContainerRunning);
+    let socket = node.component_socket(&id).await;
+    let mut client = vimana_example::echo_client_unix(&socket).await.unwrap();
+    let reply = client
+        .unary(vimana_example::pb::EchoRequest {
+            message: "direct".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "direct");
     node.remove_running_pod(&id).await;
 }
 

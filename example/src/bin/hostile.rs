@@ -19,6 +19,10 @@
 //!   `grpc.sock` a symlink to it and never serve; with `later`: serve from a
 //!   child process until SIGUSR1, then kill it and swap the socket for the
 //!   symlink, staying alive.
+//! It refuses to run unless it is PID 1 (of its container's PID
+//! namespace): on a host, as root, the probes would do what they try.
+//!
+//! * run as `/pause` (argv[0]): sleep forever (a pod sandbox image).
 //! * `--whoami`: print `{"probe":"setuid_exec","euid":N,"uid":N}` and exit.
 
 use std::ffi::CString;
@@ -455,25 +459,51 @@ fn serve() -> std::process::ExitCode {
             max_message_size: None,
             shutdown_grace: Some(Duration::from_millis(100)),
         };
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    eprintln!("vimana-hostile: SIGTERM handler: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+        let shutdown = async move {
+            term.recv().await;
+            eprintln!("vimana-hostile: SIGTERM received, shutting down");
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal");
-        tokio::select! {
-            _ = serve_on(listener, options, shutdown) => {}
-            _ = term.recv() => {}
+        match serve_on(listener, options, shutdown).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vimana-hostile: server error: {e}");
+                std::process::ExitCode::FAILURE
+            }
         }
-        std::process::ExitCode::SUCCESS
     })
 }
 
 fn main() -> std::process::ExitCode {
+    // Packed as `/pause` it is the pod sandbox image containerd needs for
+    // the comparison under runc (tests/sandbox_runc.rs): it only waits.
+    if std::env::args()
+        .next()
+        .is_some_and(|a| a.ends_with("pause"))
+    {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if std::env::args().nth(1).as_deref() == Some("--whoami") {
         // SAFETY: getters.
         let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
         println!("{{\"probe\":\"setuid_exec\",\"euid\":{euid},\"uid\":{uid}}}");
         return std::process::ExitCode::SUCCESS;
+    }
+    // The probes really attack whatever runs them: mounts over /tmp,
+    // hostname, device nodes. Only ever as PID 1 of a container's own PID
+    // namespace, never on a host by mistake.
+    if std::process::id() != 1 {
+        eprintln!("vimana-hostile: not PID 1 of a container; refusing to run the escape probes");
+        return std::process::ExitCode::from(2);
     }
     probes();
     if let Ok(path) = std::env::var("HOSTILE_SETUID") {
