@@ -106,6 +106,8 @@ fn status_line() {
 }
 
 fn probes() {
+    // Images need not have /tmp (vimanad makes one, containerd does not).
+    let _ = std::fs::create_dir_all("/tmp");
     status_line();
     // SAFETY (all below): plain system calls with valid, NUL-terminated
     // arguments, probing what the kernel lets this process do.
@@ -155,8 +157,16 @@ fn probes() {
         }
         // The "shocker" attack: a handle to inode 2 (a file system's root)
         // through the bind mount of the socket directory.
-        let dir = c("/run/vimana");
-        let mount_fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        // Through a bind mount from the host: the socket directory, or
+        // (under other runtimes) /etc/resolv.conf.
+        let mut mount_fd = -1;
+        for path in ["/run/vimana", "/etc/resolv.conf", "/"] {
+            let p = c(path);
+            mount_fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+            if mount_fd >= 0 {
+                break;
+            }
+        }
         #[repr(C)]
         struct Handle {
             bytes: u32,
