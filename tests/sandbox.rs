@@ -253,6 +253,7 @@ async fn a_default_pod_is_refused_every_escape() {
     assert_eq!(status["CapEff"], "00000000a80425fb", "{status}");
     assert_eq!(status["CapBnd"], "00000000a80425fb", "{status}");
     assert_eq!(status["CapInh"], "0000000000000000", "{status}");
+    assert_eq!(status["Groups"], "0", "{status}");
     assert_eq!(status["Seccomp"], "2", "{status}");
     assert_eq!(status["NoNewPrivs"], "0", "{status}");
 
@@ -324,6 +325,8 @@ async fn a_restricted_pod_gets_what_it_asked_and_setuid_does_not_escalate() {
         let status = &found["status"];
         assert_eq!(status["Uid"], "1000 1000 1000 1000", "{status}");
         assert_eq!(status["Gid"], "1000 1000 1000 1000", "{status}");
+        // Exactly its own group: none of the runtime's leak in.
+        assert_eq!(status["Groups"], "1000", "{status}");
         for set in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
             assert_eq!(status[set], "0000000000000000", "{set}: {status}");
         }

@@ -86,6 +86,7 @@ fn status_line() {
     for key in [
         "Uid",
         "Gid",
+        "Groups",
         "CapInh",
         "CapPrm",
         "CapEff",
