@@ -49,9 +49,14 @@ impl Runtime {
                 if pod.lifecycle == Lifecycle::Running && current_runs {
                     let socket = container::socket_path(&pod.socket_dir);
                     let incarnation = pod.current().map_or(0, |c| c.started_at as u64);
+                    let peer = pod
+                        .current()
+                        .and_then(|c| c.identity.as_ref())
+                        .and_then(|i| crate::pool::Peer::of_pid(i.pid).ok())
+                        .unwrap_or_default();
                     let id = pod.id.clone();
                     store.insert(pod);
-                    store.route(&id, socket, incarnation);
+                    store.route(&id, socket, incarnation, peer);
                 } else {
                     store.insert(pod);
                 }

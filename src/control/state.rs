@@ -288,8 +288,14 @@ impl Store {
     }
 
     /// Makes the pod's running container routable.
-    pub fn route(&mut self, id: &PodId, socket: PathBuf, incarnation: u64) {
-        self.pool.set_running(id, socket, incarnation);
+    pub fn route(
+        &mut self,
+        id: &PodId,
+        socket: PathBuf,
+        incarnation: u64,
+        peer: crate::pool::Peer,
+    ) {
+        self.pool.set_running(id, socket, incarnation, peer);
         self.routing_changed = true;
     }
 

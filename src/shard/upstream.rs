@@ -21,7 +21,7 @@ use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::pool::{Endpoint, Snapshot};
+use crate::pool::{Endpoint, Peer, Snapshot};
 
 pub type Key = (u64, u64);
 
@@ -83,7 +83,9 @@ impl Upstreams {
         let connecting = {
             let mut map = self.map.borrow_mut();
             let upstream = map.entry(key).or_insert_with(|| Upstream {
-                connection: connect(endpoint.socket.clone()).boxed_local().shared(),
+                connection: connect(endpoint.socket.clone(), endpoint.peer)
+                    .boxed_local()
+                    .shared(),
                 outstanding: 0,
             });
             upstream.outstanding += 1;
@@ -156,19 +158,24 @@ const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
 /// Opens the connection to a pod's socket: path → connected stream. The
-/// one place the data plane connects to a component (the path is in the
-/// pod's directory, which the component can change: keep every check of
-/// it here).
-async fn open_socket(path: &Path) -> std::io::Result<glommio::net::UnixStream> {
-    glommio::net::UnixStream::connect(path)
-        .await
-        .map_err(std::io::Error::from)
+/// one place the data plane connects to a component: through the one safe
+/// path to a pod's socket (`pool::socket`: no symlink followed, and the
+/// listener must be the container's own), non-blocking, so it never stalls
+/// the shard.
+fn open_socket(path: &Path, peer: Peer) -> std::io::Result<glommio::net::UnixStream> {
+    let stream = crate::pool::socket::connect(path, Some(peer))?;
+    // SAFETY: the descriptor moves out of the std stream into glommio's,
+    // which owns it from here on.
+    Ok(unsafe {
+        <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(
+            std::os::fd::IntoRawFd::into_raw_fd(stream),
+        )
+    })
 }
 
-async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
-    let stream = open_socket(&socket)
-        .await
-        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+async fn connect(socket: PathBuf, peer: Peer) -> Result<SendRequest<Bytes>, String> {
+    let stream =
+        open_socket(&socket, peer).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
     // Only the stream windows bound what a component may send ahead (the
     // calls' outboxes push back through them). A connection window smaller
     // than their sum would let a few clients that stop reading use it up and
@@ -199,6 +206,7 @@ mod tests {
                 id: format!("x.com:a.S@1.0.0#{i}").parse().unwrap(),
                 socket: format!("/nonexistent/{i}.sock").into(),
                 incarnation: 1,
+                peer: Peer::default(),
             })
             .collect()
     }

@@ -25,6 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use super::logs::{LineSplitter, LogFile, Stream};
+use super::security;
 use super::spec::{
     now_nanos, read_json, write_json_atomic, ExitRecord, LaunchSpec, ShimHello,
     SOCKET_DIR_IN_CONTAINER,
@@ -79,6 +80,12 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
     let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (fail_r, fail_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The user namespace handshake: the child says it has unshared, the
+    // shim (root in the node's namespace) writes its id maps and answers.
+    let (userns_r, userns_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (mapped_r, mapped_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     // Blocked before the fork so no SIGCHLD can slip by unseen; the child
     // unblocks them before exec.
@@ -104,8 +111,12 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
     // the child may allocate and run ordinary code until exec.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_r, err_r, fail_r));
-            let error = match container_init(spec, &out_w, &err_w) {
+            drop((out_r, err_r, fail_r, userns_r, mapped_w));
+            let handshake = Handshake {
+                unshared: fs::File::from(userns_w),
+                mapped: fs::File::from(mapped_r),
+            };
+            let error = match container_init(spec, &out_w, &err_w, handshake) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -116,7 +127,24 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop((out_w, err_w, fail_w));
+    drop((out_w, err_w, fail_w, userns_w, mapped_r));
+    if let Some(maps) = &spec.sandbox.user_namespace {
+        let mut byte = [0u8; 1];
+        // EOF instead: the child failed before; the fail pipe says why.
+        if fs::File::from(userns_r).read(&mut byte).unwrap_or(0) == 1 {
+            let (uids, gids) = maps.files();
+            let written = fs::write(format!("/proc/{child}/uid_map"), uids)
+                .and_then(|()| fs::write(format!("/proc/{child}/gid_map"), gids));
+            if let Err(e) = written {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(format!("write the user namespace's id maps: {e}"));
+            }
+            let _ = fs::File::from(mapped_w).write_all(b"m");
+        }
+    } else {
+        drop((userns_r, mapped_w));
+    }
 
     let mut failure = String::new();
     let _ = fs::File::from(fail_r).read_to_string(&mut failure);
@@ -256,20 +284,39 @@ fn detach_stdout() {
 
 /// In the forked child, PID 1 of the new namespace: build the root
 /// filesystem, drop into it and exec. Returns only on failure, with why.
+/// The child's ends of the user namespace handshake.
+struct Handshake {
+    unshared: fs::File,
+    mapped: fs::File,
+}
+
 fn container_init(
     spec: &LaunchSpec,
     out_w: &OwnedFd,
     err_w: &OwnedFd,
+    mut handshake: Handshake,
 ) -> Result<std::convert::Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("set parent-death signal: {e}"))?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("create mount, IPC and UTS namespaces: {e}"))?;
+    let sandbox = &spec.sandbox;
+    let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    if !sandbox.host_ipc {
+        namespaces |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !sandbox.host_network {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(namespaces).map_err(|e| format!("create namespaces ({namespaces:?}): {e}"))?;
+    if !sandbox.host_network {
+        security::paths::loopback_up()?;
+    }
     for dir in &spec.cgroups {
         fs::write(dir.join("cgroup.procs"), "0")
             .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
     }
     setup_rootfs(spec)?;
+    security::paths::mask(&sandbox.masked_paths)?;
+    security::paths::readonly(&sandbox.readonly_paths)?;
     if let Some(hostname) = &spec.hostname {
         nix::unistd::sethostname(hostname)
             .map_err(|e| format!("set hostname {hostname:?}: {e}"))?;
@@ -277,7 +324,33 @@ fn container_init(
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     fs::create_dir_all(cwd).map_err(|e| format!("create working directory {cwd}: {e}"))?;
     nix::unistd::chdir(cwd).map_err(|e| format!("enter working directory {cwd}: {e}"))?;
+
+    // Last of the namespaces: every other one stays owned by the node's
+    // user namespace, so the container's root (a node uid of the kubelet's
+    // range) holds capabilities over nothing but its own user namespace.
+    if spec.sandbox.user_namespace.is_some() {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create user namespace: {e}"))?;
+        handshake
+            .unshared
+            .write_all(b"u")
+            .map_err(|e| format!("user namespace handshake: {e}"))?;
+        let mut byte = [0u8; 1];
+        if handshake.mapped.read(&mut byte).unwrap_or(0) != 1 {
+            return Err("the shim did not map the user namespace".into());
+        }
+    }
+    drop(handshake);
+
+    // runc's order: without no_new_privs the filter must go in while the
+    // init still holds CAP_SYS_ADMIN; with it, last before exec.
+    if let (Some(programs), false) = (&sandbox.seccomp, sandbox.no_new_privs) {
+        security::seccomp::install(programs)?;
+    }
+    security::caps::drop_bounding(sandbox.caps)?;
+    security::caps::keep_across_setuid(true)?;
     set_user(spec)?;
+    security::caps::keep_across_setuid(false)?;
+    security::caps::apply(sandbox.caps, sandbox.ambient)?;
 
     let program = resolve_program(spec)?;
     let argv = cstrings(&spec.args)?;
@@ -293,6 +366,12 @@ fn container_init(
         .thread_set_mask()
         .map_err(|e| format!("unblock signals: {e}"))?;
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if sandbox.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+        if let Some(programs) = &sandbox.seccomp {
+            security::seccomp::install(programs)?;
+        }
+    }
     let error = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     Err(format!(
         "exec {}: {}",
@@ -316,13 +395,21 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         Some("overlay"),
         merged,
         Some("overlay"),
-        MsFlags::empty(),
+        // No device node an image or the container writes is usable.
+        MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|e| format!("mount overlay root filesystem at {}: {e}", merged.display()))?;
 
     let inside = |p: &str| merged.join(p.trim_start_matches('/'));
-    for dir in ["proc", "dev", "tmp", SOCKET_DIR_IN_CONTAINER, ".oldroot"] {
+    for dir in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        SOCKET_DIR_IN_CONTAINER,
+        ".oldroot",
+    ] {
         fs::create_dir_all(inside(dir))
             .map_err(|e| format!("create /{dir} in root filesystem: {e}"))?;
     }
@@ -335,10 +422,20 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     )
     .map_err(|e| format!("mount /proc: {e}"))?;
     mount(
+        Some("sysfs"),
+        &inside("sys"),
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| format!("mount /sys read-only: {e}"))?;
+    mount(
         Some("tmpfs"),
         &inside("dev"),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        // nodev: a node made here (CAP_MKNOD) opens nothing; the six
+        // below are bind mounts of the host's and keep their own flags.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(|e| format!("mount /dev: {e}"))?;
@@ -397,6 +494,23 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         none,
     )
     .map_err(|e| format!("bind socket directory {}: {e}", spec.socket_dir.display()))?;
+    mount(
+        none,
+        &inside(SOCKET_DIR_IN_CONTAINER),
+        none,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| {
+        format!(
+            "restrict socket directory {}: {e}",
+            spec.socket_dir.display()
+        )
+    })?;
     if spec.readonly_rootfs {
         mount(
             none,
@@ -416,23 +530,23 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
 }
 
 fn set_user(spec: &LaunchSpec) -> Result<(), String> {
-    if spec.uid.is_none() && spec.gid.is_none() && spec.supplemental_groups.is_empty() {
-        return Ok(());
-    }
+    // Always set explicitly: the runtime's own supplementary groups never
+    // reach a container.
+    let uid = spec.uid.unwrap_or(0);
     let gid = spec.gid.unwrap_or(0);
-    let mut groups: Vec<nix::unistd::Gid> = vec![nix::unistd::Gid::from_raw(gid)];
-    groups.extend(
-        spec.supplemental_groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g)),
-    );
+    let mut gids = vec![gid];
+    gids.extend(&spec.supplemental_groups);
+    if spec.sandbox.merge_image_groups {
+        gids.extend(security::users::image_groups(uid));
+    }
+    let mut seen = std::collections::HashSet::new();
+    gids.retain(|g| seen.insert(*g));
+    let groups: Vec<nix::unistd::Gid> = gids.into_iter().map(nix::unistd::Gid::from_raw).collect();
     nix::unistd::setgroups(&groups).map_err(|e| format!("set groups: {e}"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
         .map_err(|e| format!("set gid {gid}: {e}"))?;
-    if let Some(uid) = spec.uid {
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
-            .map_err(|e| format!("set uid {uid}: {e}"))?;
-    }
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+        .map_err(|e| format!("set uid {uid}: {e}"))?;
     Ok(())
 }
 

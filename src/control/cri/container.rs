@@ -71,6 +71,11 @@ impl Runtime {
                 .ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
             labels::check_container_labels(&config.labels, &pod.config.labels)?;
             let current = pod.current();
+            let next = ContainerId {
+                pod: id.clone(),
+                seq: pod.next_seq,
+            };
+            self.check_security(&pod.config, &next, &config)?;
             let call = Call::CreateContainer {
                 same: current.is_some_and(|c| c.config == config),
                 newer: current.is_some_and(|c| attempt(&config) > attempt(&c.config)),
@@ -294,9 +299,14 @@ impl Runtime {
         resources: Option<cri::LinuxContainerResources>,
         not_found: impl Fn() -> Error,
     ) -> Result<(), Error> {
-        let limits = {
+        let (limits, parent) = {
             let mut store = self.store();
-            let container = store.container_mut(cid).ok_or_else(not_found)?;
+            let sandbox = store
+                .pods
+                .get(&cid.pod)
+                .map(|p| p.config.clone())
+                .ok_or_else(&not_found)?;
+            let container = store.container_mut(cid).ok_or_else(&not_found)?;
             let linux = container.config.linux.get_or_insert_with(Default::default);
             let merged = linux.resources.get_or_insert_with(Default::default);
             if let Some(new) = resources {
@@ -305,11 +315,14 @@ impl Runtime {
             if container.phase != ContainerPhase::Running {
                 return Ok(());
             }
-            super::start::limits_of(&container.config)
+            (
+                self.limits(&container.config),
+                self.cgroup_parent_of(&cid.pod, &sandbox)?,
+            )
         };
         let (_, warnings) = self
             .cgroups
-            .create(&self.config.cgroup_parent, &local_name(cid), &limits)
+            .create(&parent, &local_name(cid), &limits)
             .map_err(Error::io(format!("container {cid}: update cgroup")))?;
         for warning in warnings {
             tracing::warn!(container = %cid, "{warning}");

@@ -32,6 +32,7 @@ impl Runtime {
             )));
         }
         let component = labels::component_of_pod(&config.labels)?;
+        crate::control::container::security::check_pod(&config).map_err(Error::InvalidArgument)?;
         let key = SandboxKey::of(metadata);
 
         // The ID is taken and the pod recorded under the store's lock; its

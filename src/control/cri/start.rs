@@ -11,7 +11,7 @@ use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 
 use crate::control::container::{
-    self, cgroup, log_tail, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
+    self, cgroup, log_tail, security, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
     SOCKET_DIR_IN_CONTAINER, SOCKET_NAME,
 };
 use crate::control::image::{Image, ImageConfig};
@@ -121,7 +121,8 @@ impl Runtime {
         )))?;
 
         let socket = container::socket_path(&inputs.socket_dir);
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // Never through a symlink the last container left there.
+        if crate::pool::socket::connect(&socket, None).is_ok() {
             return Err(Error::FailedPrecondition(format!(
                 "container {cid}: socket {} is in use by another process",
                 socket.display()
@@ -132,9 +133,9 @@ impl Runtime {
         let (cgroups, warnings) = self
             .cgroups
             .create(
-                &self.config.cgroup_parent,
+                &self.cgroup_parent_of(&cid.pod, &inputs.sandbox)?,
                 &local_name(cid),
-                &limits_of(&inputs.config),
+                &self.limits(&inputs.config),
             )
             .map_err(Error::io(format!("container {cid}: create cgroup")))?;
         made.cgroups = cgroups.clone();
@@ -154,8 +155,17 @@ impl Runtime {
             &inputs.socket_dir,
             &inputs.dir,
             placement,
+            &self.config.seccomp_profile_root,
         )?;
-        if let (Some(uid), Some(gid)) = (spec.uid, spec.gid.or(Some(0))) {
+        // The component's user owns its socket directory (in a user
+        // namespace: the node's ids its own map to).
+        let owner = match &spec.sandbox.user_namespace {
+            Some(maps) => maps
+                .host_uid(spec.uid.unwrap_or(0))
+                .zip(maps.host_gid(spec.gid.unwrap_or(0))),
+            None => spec.uid.zip(spec.gid.or(Some(0))),
+        };
+        if let Some((uid, gid)) = owner {
             let _ = nix::unistd::chown(
                 &spec.socket_dir,
                 Some(nix::unistd::Uid::from_raw(uid)),
@@ -193,7 +203,8 @@ impl Runtime {
                         started_at = c.started_at;
                     }
                 }
-                store.route(&cid.pod, socket, started_at as u64);
+                let peer = crate::pool::Peer::of_pid(process.pid).unwrap_or_default();
+                store.route(&cid.pod, socket, started_at as u64, peer);
                 self.emit(&store, cid, cri::ContainerEventType::ContainerStartedEvent);
                 drop(store);
                 self.watch_exit(cid.clone(), process);
@@ -255,6 +266,47 @@ impl Runtime {
 
     /// Marks the container EXITED and takes it out of routing the moment
     /// its process ends on its own, then records it.
+    /// CreateContainer's check of what the container asks of its sandbox
+    /// (security context, log path): refused now, before anything exists.
+    pub(crate) fn check_security(
+        &self,
+        pod: &cri::PodSandboxConfig,
+        cid: &ContainerId,
+        config: &cri::ContainerConfig,
+    ) -> Result<(), Error> {
+        security::check_log_path(&config.log_path)
+            .and_then(|()| {
+                security::from_cri(pod, config, &self.config.seccomp_profile_root).map(drop)
+            })
+            .map_err(|e| Error::InvalidArgument(format!("container {cid}: {e}")))
+    }
+
+    /// The cgroup a pod's containers go under: the kubelet's pod cgroup
+    /// (QoS tier, node allocatable) when it names one, else vimanad's.
+    pub(crate) fn cgroup_parent_of(
+        &self,
+        pod: &crate::pool::PodId,
+        sandbox: &cri::PodSandboxConfig,
+    ) -> Result<String, Error> {
+        let asked = sandbox
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        Ok(security::cgroup_parent(&asked)
+            .map_err(|e| Error::InvalidArgument(format!("pod {pod}: {e}")))?
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| self.config.cgroup_parent.clone()))
+    }
+
+    /// The cgroup limits of a container: its CRI resources and the node's
+    /// process limit.
+    pub(crate) fn limits(&self, config: &cri::ContainerConfig) -> cgroup::Limits {
+        let mut limits = limits_of(config);
+        limits.pids_max = self.config.pids_limit;
+        limits
+    }
+
     pub(crate) fn watch_exit(self: &Arc<Self>, cid: ContainerId, process: Process) {
         let runtime = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -309,7 +361,10 @@ fn launch_spec(
     socket_dir: &Path,
     dir: &Path,
     placement: Placement,
+    seccomp_profile_root: &Path,
 ) -> Result<LaunchSpec, Error> {
+    let pod_sandbox = security::from_cri(sandbox, config, seccomp_profile_root)
+        .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
     let mut args = if config.command.is_empty() {
         image.entrypoint.clone()
     } else {
@@ -396,6 +451,7 @@ fn launch_spec(
         log_path: placement.log_path,
         cgroups: placement.cgroups,
         exit_file: dir.join("exit.json"),
+        sandbox: pod_sandbox,
     })
 }
 
@@ -417,5 +473,6 @@ pub(crate) fn limits_of(config: &cri::ContainerConfig) -> cgroup::Limits {
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
         unified,
+        pids_max: 0,
     }
 }
