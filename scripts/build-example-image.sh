@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the example component statically and packs it as an OCI image
 # (target/example/vimana-example.oci.tar, named
-# example.com/vimana-example:1.0.0) with `vimanad image pack`.
+# example.com/vimana-example:1.0.0) with `vimanad image pack`; also packs
+# the sandbox tests' hostile component (target/example/vimana-hostile.oci.tar,
+# example.com/vimana-hostile:1.0.0), built in the same cargo run.
 # Usage: scripts/build-example-image.sh [debug|release]   (vimanad profile)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,4 +21,8 @@ mkdir -p "$out"
     --binary "$bin" \
     --name example.com/vimana-example:1.0.0 \
     --output "$out/vimana-example.oci.tar" >&2
+"${CARGO_TARGET_DIR:-target}/$profile/vimanad" image pack \
+    --binary "$(dirname "$bin")/vimana-hostile" \
+    --name example.com/vimana-hostile:1.0.0 \
+    --output "$out/vimana-hostile.oci.tar" >&2
 echo "$out/vimana-example.oci.tar"

@@ -120,6 +120,14 @@ struct ServeArgs {
     /// cgroup under which containers' cgroups are made.
     #[arg(long, default_value = "vimanad")]
     cgroup_parent: String,
+    /// Where the kubelet's Localhost seccomp profiles are (a profile
+    /// outside it is refused).
+    #[arg(long, default_value = "/var/lib/kubelet/seccomp")]
+    seccomp_profile_root: PathBuf,
+    /// Most processes (and threads) one container may have (its cgroup's
+    /// pids.max; 0 = no limit of vimanad's own).
+    #[arg(long, default_value = "1024")]
+    pids_limit: i64,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -375,6 +383,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pod_ip: args.pod_ip.unwrap_or_else(detect_node_ip),
         runtime_handler: args.runtime_handler,
         cgroup_parent: args.cgroup_parent,
+        seccomp_profile_root: args.seccomp_profile_root,
+        pids_limit: args.pids_limit,
         insecure_registries: args.insecure_registry,
         republish_every: args.republish_every,
     };

@@ -156,17 +156,11 @@ async fn containers_get_their_own_namespaces_root_and_cgroup() {
     node.start_container(&pod).await.unwrap();
     let pid = node.pid(&pod).await;
 
-    for ns in ["pid", "mnt", "ipc", "uts"] {
+    for ns in ["pid", "mnt", "ipc", "uts", "net"] {
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert_ne!(ours, theirs, "{ns} namespace");
     }
-    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert_eq!(
-        ours,
-        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
-        "host network"
-    );
 
     // PID 1 of its namespace, with the image as its root.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

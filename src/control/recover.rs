@@ -69,7 +69,13 @@ impl Runtime {
                     let pod = &store.pods[id];
                     let socket = container::socket_path(&pod.socket_dir);
                     let incarnation = pod.container.as_ref().map_or(0, |c| c.started_at as u64);
-                    store.pool.set_running(id, socket, incarnation);
+                    let peer = pod
+                        .container
+                        .as_ref()
+                        .and_then(|c| c.identity.as_ref())
+                        .and_then(|i| crate::pool::Peer::of_pid(i.pid).ok())
+                        .unwrap_or_default();
+                    store.pool.set_running(id, socket, incarnation, peer);
                 }
             }
             self.publish(&store);

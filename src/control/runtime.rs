@@ -35,6 +35,10 @@ pub struct Config {
     pub runtime_handler: String,
     /// cgroup (relative to each hierarchy's root) holding the containers'.
     pub cgroup_parent: String,
+    /// Localhost seccomp profiles are read only from below this directory.
+    pub seccomp_profile_root: PathBuf,
+    /// pids.max of each container's cgroup (0: none of vimanad's own).
+    pub pids_limit: i64,
     /// Registries (`HOST[:PORT]`) pulled from over plain HTTP; every other
     /// registry, loopback included, is reached over HTTPS.
     pub insecure_registries: Vec<String>,
@@ -72,6 +76,9 @@ impl Runtime {
         );
         let cgroups = Hierarchy::detect();
         let db = Db::open(&config.state_dir.join("state.redb"))?;
+        super::container::security::restrict_files(&config.state_dir, &config.run_dir).map_err(
+            Error::io("restrict the permissions of the state directories"),
+        )?;
         tracing::info!(cgroups = %cgroups.describe(), "control plane ready");
         Ok(Arc::new(Self {
             config,

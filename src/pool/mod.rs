@@ -4,14 +4,17 @@
 //! (`...#N`), the two maps of the pool — the component map (component →
 //! running containers) and the ID map (pod ID → component) — and the
 //! immutable routing snapshot the control thread publishes to the shards
-//! through RCU. It knows nothing of CRI, processes or QUIC.
+//! through RCU, and the one safe way to connect to a pod's socket
+//! (`socket.rs`). It knows nothing of CRI or QUIC.
 
 mod names;
 mod publish;
 mod snapshot;
+pub mod socket;
 mod table;
 
 pub use names::{ComponentName, NameError, PodId};
 pub use publish::{Publisher, Reader};
 pub use snapshot::{Route, Snapshot, Version};
+pub use socket::Peer;
 pub use table::{Endpoint, PodPool};

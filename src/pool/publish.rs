@@ -112,7 +112,7 @@ mod tests {
         let id: PodId = "x.com:a.S@1.0.0#0".parse().unwrap();
         let mut pool = PodPool::default();
         pool.insert_pod(&id);
-        pool.set_running(&id, "/s".into(), 1);
+        pool.set_running(&id, "/s".into(), 1, Default::default());
         let generation = publisher.publish(&pool);
         for r in &mut readers {
             assert_eq!(r.current().generation(), generation);

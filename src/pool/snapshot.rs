@@ -137,7 +137,12 @@ mod tests {
             let id: PodId = id.parse().unwrap();
             pool.insert_pod(&id);
             if running {
-                pool.set_running(&id, format!("/s/{}", id.ordinal()).into(), 1);
+                pool.set_running(
+                    &id,
+                    format!("/s/{}", id.ordinal()).into(),
+                    1,
+                    Default::default(),
+                );
             }
         }
         pool

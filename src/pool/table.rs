@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use super::{ComponentName, PodId};
+use super::{ComponentName, Peer, PodId};
 
 /// One running container as the data plane reaches it: through its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Endpoint {
     /// Which start of the container this is: a container started again
     /// serves on the same socket path but is a different upstream.
     pub incarnation: u64,
+    /// Who must be listening on `socket` (checked on every connect).
+    pub peer: Peer,
 }
 
 /// The component map (component → running containers, by ordinal) and the
@@ -40,7 +42,7 @@ impl PodPool {
     }
 
     /// Makes a pod's container routable at `socket`.
-    pub fn set_running(&mut self, id: &PodId, socket: PathBuf, incarnation: u64) {
+    pub fn set_running(&mut self, id: &PodId, socket: PathBuf, incarnation: u64, peer: Peer) {
         self.ids.insert(id.clone(), id.component().clone());
         self.components
             .entry(id.component().clone())
@@ -51,6 +53,7 @@ impl PodPool {
                     id: id.clone(),
                     socket,
                     incarnation,
+                    peer,
                 },
             );
     }
@@ -118,9 +121,9 @@ mod tests {
         assert_eq!(pool.pod_count(), 3);
         assert_eq!(pool.running(a0.component()).count(), 0);
 
-        pool.set_running(&a0, "/s/0".into(), 1);
-        pool.set_running(&a1, "/s/1".into(), 1);
-        pool.set_running(&b2, "/s/2".into(), 1);
+        pool.set_running(&a0, "/s/0".into(), 1, Default::default());
+        pool.set_running(&a1, "/s/1".into(), 1, Default::default());
+        pool.set_running(&b2, "/s/2".into(), 1, Default::default());
         let sockets: Vec<_> = pool
             .running(a0.component())
             .map(|e| e.socket.clone())

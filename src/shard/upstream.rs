@@ -17,7 +17,7 @@ use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::pool::{Endpoint, Snapshot};
+use crate::pool::{Endpoint, Peer, Snapshot};
 
 pub type Key = (u64, u64);
 
@@ -75,7 +75,9 @@ impl Upstreams {
         let connecting = {
             let mut map = self.map.borrow_mut();
             let upstream = map.entry(key).or_insert_with(|| Upstream {
-                connection: connect(endpoint.socket.clone()).boxed_local().shared(),
+                connection: connect(endpoint.socket.clone(), endpoint.peer)
+                    .boxed_local()
+                    .shared(),
                 outstanding: 0,
             });
             upstream.outstanding += 1;
@@ -128,10 +130,17 @@ const STREAM_WINDOW: u32 = 1 << 20;
 /// The largest window HTTP/2 allows (2^31 - 1).
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
-async fn connect(socket: PathBuf) -> Result<SendRequest<Bytes>, String> {
-    let stream = glommio::net::UnixStream::connect(&socket)
-        .await
+async fn connect(socket: PathBuf, peer: Peer) -> Result<SendRequest<Bytes>, String> {
+    // The one safe path to a pod's socket (no symlink, the container's own
+    // listener); non-blocking, so it never stalls the shard.
+    let stream = crate::pool::socket::connect(&socket, Some(peer))
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    // SAFETY: the descriptor moves out of the std stream into glommio's.
+    let stream = unsafe {
+        <glommio::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(
+            std::os::fd::IntoRawFd::into_raw_fd(stream),
+        )
+    };
     // Only the stream windows bound what a component may send ahead (the
     // calls' outboxes push back through them). A connection window smaller
     // than their sum would let a few clients that stop reading use it up and
@@ -162,6 +171,7 @@ mod tests {
                 id: format!("x.com:a.S@1.0.0#{i}").parse().unwrap(),
                 socket: format!("/nonexistent/{i}.sock").into(),
                 incarnation: 1,
+                peer: Peer::default(),
             })
             .collect()
     }

@@ -20,7 +20,20 @@ pub struct Limits {
     pub cpuset_mems: String,
     /// cgroup v2 files to write verbatim (`unified` in the CRI).
     pub unified: Vec<(String, String)>,
+    /// pids.max (0 = none).
+    pub pids_max: i64,
 }
+
+/// The device nodes a container may use (v1 `devices.allow`): the six
+/// the shim binds into its `/dev`, and nothing else (no mknod either).
+const DEVICES_ALLOWED: [&str; 6] = [
+    "c 1:3 rwm", // null
+    "c 1:5 rwm", // zero
+    "c 1:7 rwm", // full
+    "c 1:8 rwm", // random
+    "c 1:9 rwm", // urandom
+    "c 5:0 rwm", // tty
+];
 
 /// The cgroup layout of this node.
 #[derive(Debug, Clone)]
@@ -36,7 +49,7 @@ pub enum Hierarchy {
     None,
 }
 
-const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "memory", "pids", "devices"];
 
 impl Hierarchy {
     /// Reads /proc/self/mountinfo. A v2 mount with controllers wins (the
@@ -141,9 +154,20 @@ impl Hierarchy {
                     let dir = group.join(name);
                     fs::create_dir_all(&dir)?;
                     if controller == "cpuset" {
-                        // A new v1 cpuset starts empty and refuses tasks.
-                        inherit_cpuset(mount, &group)?;
-                        inherit_cpuset(&group, &dir)?;
+                        // A new v1 cpuset starts empty and refuses tasks:
+                        // each level takes its parent's.
+                        let mut at = mount.clone();
+                        for part in Path::new(parent).join(name).components() {
+                            let next = at.join(part);
+                            inherit_cpuset(&at, &next)?;
+                            at = next;
+                        }
+                    }
+                    if controller == "devices" {
+                        fs::write(dir.join("devices.deny"), "a")?;
+                        for rule in DEVICES_ALLOWED {
+                            fs::write(dir.join("devices.allow"), rule)?;
+                        }
                     }
                     dirs.push(dir);
                 }
@@ -201,6 +225,9 @@ fn write_v2_limits(dir: &Path, l: &Limits, warnings: &mut Vec<String>) {
     if !l.cpuset_mems.is_empty() {
         set("cpuset.mems", l.cpuset_mems.clone());
     }
+    if l.pids_max > 0 {
+        set("pids.max", l.pids_max.to_string());
+    }
     let (safe, unsafe_names): (Vec<_>, Vec<_>) = l
         .unified
         .iter()
@@ -252,6 +279,9 @@ fn write_v1_limits(
     }
     if !l.cpuset_mems.is_empty() {
         set("cpuset", "cpuset.mems", l.cpuset_mems.clone());
+    }
+    if l.pids_max > 0 {
+        set("pids", "pids.max", l.pids_max.to_string());
     }
     if !l.unified.is_empty() {
         warnings.push("cgroup v1 node: unified (v2) resources ignored".to_owned());

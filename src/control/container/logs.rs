@@ -121,7 +121,17 @@ impl LogFile {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            self.file = Some(OpenOptions::new().create(true).append(true).open(path)?);
+            // Never through a symbolic link, and readable by the log
+            // readers' group only.
+            use std::os::unix::fs::OpenOptionsExt;
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?,
+            );
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod logs;
 pub mod process;
 mod ready;
+pub mod security;
 pub mod shim;
 pub mod spec;
 
@@ -129,10 +130,15 @@ pub fn log_tail(path: Option<&Path>, n: usize) -> String {
 /// once, so starting a container does not copy them up into its writable
 /// layer every time. Idempotent.
 pub fn prepare_mountpoints(rootfs: &Path) -> std::io::Result<()> {
-    for dir in ["proc", "dev", "tmp", "run/vimana", ".oldroot", "etc"] {
+    for dir in ["proc", "sys", "dev", "tmp", "run/vimana", ".oldroot", "etc"] {
         let path = rootfs.join(dir);
         if !path.is_dir() {
             std::fs::create_dir_all(&path)?;
+            if dir == "tmp" {
+                // As every distribution has it: any user may write there.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))?;
+            }
         }
     }
     let resolv = rootfs.join("etc/resolv.conf");

@@ -1,7 +1,11 @@
 //! Readiness: the component accepts on its socket and answers the standard
 //! `grpc.health.v1.Health/Check` with SERVING (or has no health service).
+//! Every connection goes through `pool::socket::connect`: no symlink is
+//! followed and the listener must be the container's own process.
 
 use std::path::{Path, PathBuf};
+
+use crate::pool::socket::{self, Peer};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -37,10 +41,15 @@ pub async fn wait_ready(
     timeout: Duration,
 ) -> Result<Readiness, NotReady> {
     let last = std::sync::Mutex::new(String::from("socket not created yet"));
+    let peer = Peer::of_pid(process.pid).ok();
     let probing = async {
         let mut backoff = Duration::from_micros(250);
         loop {
-            match probe(socket).await {
+            let result = match peer {
+                Some(peer) => probe(socket, peer).await,
+                None => Err(format!("container process {} is gone", process.pid)),
+            };
+            match result {
                 Ok(readiness) => return readiness,
                 Err(why) => *last.lock().unwrap_or_else(|p| p.into_inner()) = why,
             }
@@ -55,18 +64,21 @@ pub async fn wait_ready(
     }
 }
 
-async fn probe(socket: &Path) -> Result<Readiness, String> {
+/// A tokio stream to the container's own listener on `path`.
+pub fn connect(path: &Path, peer: Peer) -> std::io::Result<UnixStream> {
+    UnixStream::from_std(socket::connect(path, Some(peer))?)
+}
+
+async fn probe(socket: &Path, peer: Peer) -> Result<Readiness, String> {
     // A cheap first look: most probes during start find no listener yet.
-    UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("socket not accepting: {e}"))?;
+    connect(socket, peer).map_err(|e| format!("socket not accepting: {e}"))?;
     let path: PathBuf = socket.to_path_buf();
     let channel = Endpoint::from_static("http://component")
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(connect(&path, peer)?)) }
         }))
         .await
         .map_err(|e| format!("HTTP/2 connection failed: {e}"))?;

@@ -25,6 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use super::logs::{LineSplitter, LogFile, Stream};
+use super::security;
 use super::spec::{
     now_nanos, read_json, write_json_atomic, ExitRecord, LaunchSpec, ShimHello,
     SOCKET_DIR_IN_CONTAINER,
@@ -263,13 +264,25 @@ fn container_init(
 ) -> Result<std::convert::Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("set parent-death signal: {e}"))?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("create mount, IPC and UTS namespaces: {e}"))?;
+    let sandbox = &spec.sandbox;
+    let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+    if !sandbox.host_ipc {
+        namespaces |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !sandbox.host_network {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(namespaces).map_err(|e| format!("create namespaces ({namespaces:?}): {e}"))?;
+    if !sandbox.host_network {
+        security::paths::loopback_up()?;
+    }
     for dir in &spec.cgroups {
         fs::write(dir.join("cgroup.procs"), "0")
             .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
     }
     setup_rootfs(spec)?;
+    security::paths::mask(&sandbox.masked_paths)?;
+    security::paths::readonly(&sandbox.readonly_paths)?;
     if let Some(hostname) = &spec.hostname {
         nix::unistd::sethostname(hostname)
             .map_err(|e| format!("set hostname {hostname:?}: {e}"))?;
@@ -277,7 +290,17 @@ fn container_init(
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     fs::create_dir_all(cwd).map_err(|e| format!("create working directory {cwd}: {e}"))?;
     nix::unistd::chdir(cwd).map_err(|e| format!("enter working directory {cwd}: {e}"))?;
+
+    // runc's order: without no_new_privs the filter must go in while the
+    // init still holds CAP_SYS_ADMIN; with it, last before exec.
+    if let (Some(programs), false) = (&sandbox.seccomp, sandbox.no_new_privs) {
+        security::seccomp::install(programs)?;
+    }
+    security::caps::drop_bounding(sandbox.caps)?;
+    security::caps::keep_across_setuid(true)?;
     set_user(spec)?;
+    security::caps::keep_across_setuid(false)?;
+    security::caps::apply(sandbox.caps, sandbox.ambient)?;
 
     let program = resolve_program(spec)?;
     let argv = cstrings(&spec.args)?;
@@ -293,6 +316,12 @@ fn container_init(
         .thread_set_mask()
         .map_err(|e| format!("unblock signals: {e}"))?;
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if sandbox.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+        if let Some(programs) = &sandbox.seccomp {
+            security::seccomp::install(programs)?;
+        }
+    }
     let error = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     Err(format!(
         "exec {}: {}",
@@ -316,13 +345,21 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         Some("overlay"),
         merged,
         Some("overlay"),
-        MsFlags::empty(),
+        // No device node an image or the container writes is usable.
+        MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
     .map_err(|e| format!("mount overlay root filesystem at {}: {e}", merged.display()))?;
 
     let inside = |p: &str| merged.join(p.trim_start_matches('/'));
-    for dir in ["proc", "dev", "tmp", SOCKET_DIR_IN_CONTAINER, ".oldroot"] {
+    for dir in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        SOCKET_DIR_IN_CONTAINER,
+        ".oldroot",
+    ] {
         fs::create_dir_all(inside(dir))
             .map_err(|e| format!("create /{dir} in root filesystem: {e}"))?;
     }
@@ -335,10 +372,20 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     )
     .map_err(|e| format!("mount /proc: {e}"))?;
     mount(
+        Some("sysfs"),
+        &inside("sys"),
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| format!("mount /sys read-only: {e}"))?;
+    mount(
         Some("tmpfs"),
         &inside("dev"),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        // nodev: a node made here (CAP_MKNOD) opens nothing; the six
+        // below are bind mounts of the host's and keep their own flags.
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(|e| format!("mount /dev: {e}"))?;
@@ -397,6 +444,23 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         none,
     )
     .map_err(|e| format!("bind socket directory {}: {e}", spec.socket_dir.display()))?;
+    mount(
+        none,
+        &inside(SOCKET_DIR_IN_CONTAINER),
+        none,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(|e| {
+        format!(
+            "restrict socket directory {}: {e}",
+            spec.socket_dir.display()
+        )
+    })?;
     if spec.readonly_rootfs {
         mount(
             none,

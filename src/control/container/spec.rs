@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::security::Sandbox;
+
 /// Everything the shim needs to start one container.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LaunchSpec {
@@ -34,6 +36,8 @@ pub struct LaunchSpec {
     /// cgroup directories the container process joins before exec.
     pub cgroups: Vec<PathBuf>,
     pub exit_file: PathBuf,
+    /// Capabilities, seccomp, masked paths, namespaces (`security`).
+    pub sandbox: Sandbox,
 }
 
 /// Where the per-pod socket directory appears inside a container.
@@ -65,8 +69,17 @@ pub enum ShimHello {
 }
 
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value).map_err(io::Error::other)?)?;
+    let _ = std::fs::remove_file(&tmp);
+    // 0600: launch specs carry the container's environment (secrets).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
     std::fs::rename(&tmp, path)
 }
 

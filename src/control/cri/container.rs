@@ -51,6 +51,7 @@ impl Runtime {
             )
         };
         labels::check_container_labels(&config.labels, &pod_labels)?;
+        self.check_security(&id, &config)?;
         match step(lifecycle, Call::CreateContainer, present) {
             Step::Go => {}
             Step::SameOrConflict => {

@@ -30,6 +30,7 @@ impl Runtime {
             )));
         }
         let component = labels::component_of_pod(&config.labels)?;
+        crate::control::container::security::check_pod(&config).map_err(Error::InvalidArgument)?;
         let key = SandboxKey::of(metadata);
 
         let mut store = self.store();

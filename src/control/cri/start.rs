@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 
 use crate::control::container::{
-    self, cgroup, log_tail, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
+    self, cgroup, log_tail, security, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
     SOCKET_DIR_IN_CONTAINER, SOCKET_NAME,
 };
 use crate::control::image::ImageConfig;
@@ -55,8 +55,10 @@ impl Runtime {
                 &container.image.config,
                 &pod.socket_dir,
                 &container.dir,
+                &self.config.seccomp_profile_root,
             )?;
-            let limits = limits_of(&container.config);
+            let mut limits = limits_of(&container.config);
+            limits.pids_max = self.config.pids_limit;
             let log_path = container.log_path.clone();
             let mut spec = spec;
             spec.log_path = log_path.clone();
@@ -116,7 +118,8 @@ impl Runtime {
         spec.lower = image_rootfs;
 
         let socket = container::socket_path(&spec.socket_dir);
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // Never through a symlink the last container left there.
+        if crate::pool::socket::connect(&socket, None).is_ok() {
             return Err(Error::FailedPrecondition(format!(
                 "container {id}: socket {} is in use by another process",
                 socket.display()
@@ -131,13 +134,24 @@ impl Runtime {
             );
         }
 
+        // The kubelet's pod cgroup (QoS tier, node allocatable) when it
+        // names one.
+        let parent = {
+            let store = self.store();
+            let asked = store.pods[id]
+                .config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .unwrap_or_default();
+            security::cgroup_parent(&asked)
+                .map_err(|e| Error::InvalidArgument(format!("pod {id}: {e}")))?
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| self.config.cgroup_parent.clone())
+        };
         let (cgroups, warnings) = self
             .cgroups
-            .create(
-                &self.config.cgroup_parent,
-                &id.ordinal().to_string(),
-                limits,
-            )
+            .create(&parent, &id.ordinal().to_string(), limits)
             .map_err(Error::io(format!("container {id}: create cgroup")))?;
         for warning in warnings {
             tracing::warn!(container = %id, "{warning}");
@@ -186,7 +200,10 @@ impl Runtime {
                     c.phase = ContainerPhase::Running;
                 }
                 let incarnation = pod_started_at(&store, id);
-                store.pool.set_running(id, socket.clone(), incarnation);
+                let peer = crate::pool::Peer::of_pid(process.pid).unwrap_or_default();
+                store
+                    .pool
+                    .set_running(id, socket.clone(), incarnation, peer);
                 self.publish(&store);
                 drop(store);
                 self.watch_exit(id.clone(), process);
@@ -227,6 +244,22 @@ impl Runtime {
                 Err(error.into())
             }
         }
+    }
+
+    /// CreateContainer's check of what the container asks of its sandbox
+    /// (security context, log path): refused now, before anything exists.
+    pub(crate) fn check_security(
+        &self,
+        id: &PodId,
+        config: &cri::ContainerConfig,
+    ) -> Result<(), Error> {
+        let pod = self.store().pods.get(id).map(|p| p.config.clone());
+        let pod = pod.ok_or_else(|| Error::NotFound(format!("pod sandbox {id} not found")))?;
+        security::check_log_path(&config.log_path)
+            .and_then(|()| {
+                security::from_cri(&pod, config, &self.config.seccomp_profile_root).map(drop)
+            })
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))
     }
 
     /// Marks the container EXITED and takes it out of routing the moment
@@ -276,7 +309,10 @@ fn launch_spec(
     image: &ImageConfig,
     socket_dir: &Path,
     dir: &Path,
+    seccomp_profile_root: &Path,
 ) -> Result<LaunchSpec, Error> {
+    let pod_sandbox = security::from_cri(sandbox, config, seccomp_profile_root)
+        .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
     let mut args = if config.command.is_empty() {
         image.entrypoint.clone()
     } else {
@@ -366,6 +402,7 @@ fn launch_spec(
         log_path: None,
         cgroups: Vec::new(),
         exit_file: dir.join("exit.json"),
+        sandbox: pod_sandbox,
     })
 }
 
@@ -387,6 +424,7 @@ pub(crate) fn limits_of(config: &cri::ContainerConfig) -> cgroup::Limits {
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
         unified,
+        pids_max: 0,
     }
 }
 
