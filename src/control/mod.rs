@@ -13,6 +13,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+pub mod streaming;
 
 use std::future::Future;
 use std::path::Path;
@@ -42,7 +43,8 @@ pub async fn serve(
         // Benchmarks only: see `Runtime::republish_every`.
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
     }
-    let cri = cri::Cri::new(Arc::clone(&runtime));
+    let streaming = streaming::Server::start(Arc::clone(&runtime)).await?;
+    let cri = cri::Cri::new(Arc::clone(&runtime), streaming);
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
