@@ -320,7 +320,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
         Command::Config(cmd) => config_command(cmd),
-        Command::Shim { .. } | Command::ExecShim { .. } | Command::Call(_) => unreachable!("handled in main"),
+        Command::Shim { .. } | Command::ExecShim { .. } | Command::Call(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -55,7 +55,11 @@ struct Pod {
     config: cri::PodSandboxConfig,
 }
 
-async fn run_pod(node: &mut Node, name: &str, tweak: impl FnOnce(&mut cri::PodSandboxConfig)) -> Pod {
+async fn run_pod(
+    node: &mut Node,
+    name: &str,
+    tweak: impl FnOnce(&mut cri::PodSandboxConfig),
+) -> Pod {
     let mut req = run_pod_request(name, A);
     let mut config = node.pod_config(name, A);
     tweak(&mut config);
@@ -86,7 +90,11 @@ fn hostile_config(
     config
 }
 
-async fn create(node: &mut Node, pod: &Pod, config: cri::ContainerConfig) -> Result<String, tonic::Status> {
+async fn create(
+    node: &mut Node,
+    pod: &Pod,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
     node.runtime
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
@@ -105,14 +113,22 @@ async fn hostile_pod(
     security: Option<cri::LinuxContainerSecurityContext>,
 ) -> String {
     let pod = run_pod(node, name, |_| {}).await;
-    create(node, &pod, hostile_config(envs, security)).await.unwrap();
+    create(node, &pod, hostile_config(envs, security))
+        .await
+        .unwrap();
     node.start_container(&pod.id).await.unwrap();
     pod.id
 }
 
 /// The probe lines the component wrote to its CRI log, once `last` is in.
 async fn probes(node: &mut Node, id: &str, last: &str) -> HashMap<String, serde_json::Value> {
-    let path = node.container_status(id).await.unwrap().status.unwrap().log_path;
+    let path = node
+        .container_status(id)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .log_path;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -125,32 +141,44 @@ async fn probes(node: &mut Node, id: &str, last: &str) -> HashMap<String, serde_
         if found.contains_key(last) {
             return found;
         }
-        assert!(Instant::now() < deadline, "no {last:?} probe in the log:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no {last:?} probe in the log:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn assert_refused(found: &HashMap<String, serde_json::Value>, names: &[&str]) {
     for name in names {
-        let p = found.get(*name).unwrap_or_else(|| panic!("probe {name} missing: {found:?}"));
+        let p = found
+            .get(*name)
+            .unwrap_or_else(|| panic!("probe {name} missing: {found:?}"));
         assert_eq!(p["outcome"], "refused", "{name} must be refused: {p}");
     }
 }
 
 fn assert_allowed(found: &HashMap<String, serde_json::Value>, names: &[&str]) {
     for name in names {
-        let p = found.get(*name).unwrap_or_else(|| panic!("probe {name} missing: {found:?}"));
+        let p = found
+            .get(*name)
+            .unwrap_or_else(|| panic!("probe {name} missing: {found:?}"));
         assert_eq!(p["outcome"], "allowed", "{name} must work: {p}");
     }
 }
 
-fn security(f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Option<cri::LinuxContainerSecurityContext> {
+fn security(
+    f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
+) -> Option<cri::LinuxContainerSecurityContext> {
     let mut s = cri::LinuxContainerSecurityContext::default();
     f(&mut s);
     Some(s)
 }
 
-fn profile(kind: cri::security_profile::ProfileType, reference: &str) -> Option<cri::SecurityProfile> {
+fn profile(
+    kind: cri::security_profile::ProfileType,
+    reference: &str,
+) -> Option<cri::SecurityProfile> {
     Some(cri::SecurityProfile {
         profile_type: kind as i32,
         localhost_ref: reference.into(),
@@ -210,7 +238,12 @@ async fn a_default_pod_is_refused_every_escape() {
     // What runc's default allows too, and what a component needs.
     assert_allowed(
         &found,
-        &["chown", "read_own_files", "write_writable_layer", "use_dev_null"],
+        &[
+            "chown",
+            "read_own_files",
+            "write_writable_layer",
+            "use_dev_null",
+        ],
     );
     // The runtime default: runc's 14 capabilities, seccomp filter on.
     let status = &found["status"];
@@ -231,11 +264,15 @@ async fn a_default_pod_is_refused_every_escape() {
     let bind = &found["bind_data_plane_port"]["detail"];
     let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert!(
-        !bind.as_str().unwrap().contains(&host_net.display().to_string()),
+        !bind
+            .as_str()
+            .unwrap()
+            .contains(&host_net.display().to_string()),
         "{bind}"
     );
     for i in 0..12 {
-        let (code, _, err) = vimanad_call(&node, "example.com", UNARY, &["--text", &format!("c{i}")]);
+        let (code, _, err) =
+            vimanad_call(&node, "example.com", UNARY, &["--text", &format!("c{i}")]);
         assert_eq!(code, 0, "call {i} on a new connection: {err}");
     }
     node.remove_running_pod(&id).await;
@@ -274,8 +311,20 @@ async fn a_restricted_pod_gets_what_it_asked_and_setuid_does_not_escalate() {
             assert_eq!(status[set], "0000000000000000", "{set}: {status}");
         }
         assert_eq!(status["Seccomp"], "2", "{status}");
-        assert_eq!(status["NoNewPrivs"], if nnp { "1" } else { "0" }, "{status}");
-        assert_refused(&found, &["chown", "mount_tmpfs", "mknod_block_tmp", "write_core_pattern"]);
+        assert_eq!(
+            status["NoNewPrivs"],
+            if nnp { "1" } else { "0" },
+            "{status}"
+        );
+        assert_refused(
+            &found,
+            &[
+                "chown",
+                "mount_tmpfs",
+                "mknod_block_tmp",
+                "write_core_pattern",
+            ],
+        );
         assert_allowed(&found, &["read_own_files", "write_writable_layer"]);
 
         // A setuid-root file, as an image would carry it, in its layer.
@@ -287,7 +336,11 @@ async fn a_restricted_pod_gets_what_it_asked_and_setuid_does_not_escalate() {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::fs::rename(&tmp, &suid).unwrap();
         let found = probes(&mut node, &id, "setuid_exec").await;
-        euids.push(found["setuid_exec"]["euid"].as_u64().expect("ran the setuid file"));
+        euids.push(
+            found["setuid_exec"]["euid"]
+                .as_u64()
+                .expect("ran the setuid file"),
+        );
         node.remove_running_pod(&id).await;
     }
     // no_new_privs holds; without it the same file gives euid 0 (as under
@@ -306,7 +359,13 @@ async fn a_socket_symlink_fails_readiness_and_the_data_plane_answers_unavailable
     create(
         &mut node,
         &pod,
-        hostile_config(&[("HOSTILE_SYMLINK", "start"), ("HOSTILE_SYMLINK_TO", &cri_socket)], None),
+        hostile_config(
+            &[
+                ("HOSTILE_SYMLINK", "start"),
+                ("HOSTILE_SYMLINK_TO", &cri_socket),
+            ],
+            None,
+        ),
     )
     .await
     .unwrap();
@@ -319,7 +378,10 @@ async fn a_socket_symlink_fails_readiness_and_the_data_plane_answers_unavailable
     let id = hostile_pod(
         &mut node,
         "later",
-        &[("HOSTILE_SYMLINK", "later"), ("HOSTILE_SYMLINK_TO", &cri_socket)],
+        &[
+            ("HOSTILE_SYMLINK", "later"),
+            ("HOSTILE_SYMLINK_TO", &cri_socket),
+        ],
         None,
     )
     .await;
@@ -377,7 +439,10 @@ async fn what_cannot_be_honoured_is_refused_naming_the_field() {
     let pod = run_pod(&mut node, "fields", |_| {}).await;
     let cases: Vec<(&str, Option<cri::LinuxContainerSecurityContext>)> = vec![
         ("privileged", security(|s| s.privileged = true)),
-        ("run_as_group", security(|s| s.run_as_group = Some(cri::Int64Value { value: 5 }))),
+        (
+            "run_as_group",
+            security(|s| s.run_as_group = Some(cri::Int64Value { value: 5 })),
+        ),
         (
             "selinux_options",
             security(|s| {
@@ -387,7 +452,10 @@ async fn what_cannot_be_honoured_is_refused_naming_the_field() {
                 })
             }),
         ),
-        ("apparmor", security(|s| s.apparmor = profile(ProfileType::Localhost, "x"))),
+        (
+            "apparmor",
+            security(|s| s.apparmor = profile(ProfileType::Localhost, "x")),
+        ),
         (
             "capabilities",
             security(|s| {
@@ -397,7 +465,10 @@ async fn what_cannot_be_honoured_is_refused_naming_the_field() {
                 })
             }),
         ),
-        ("seccomp", security(|s| s.seccomp = profile(ProfileType::Localhost, "/etc/passwd"))),
+        (
+            "seccomp",
+            security(|s| s.seccomp = profile(ProfileType::Localhost, "/etc/passwd")),
+        ),
         (
             "namespace_options.pid",
             security(|s| {
@@ -421,7 +492,9 @@ async fn what_cannot_be_honoured_is_refused_naming_the_field() {
         ),
     ];
     for (field, security) in cases {
-        let err = create(&mut node, &pod, hostile_config(&[], security)).await.unwrap_err();
+        let err = create(&mut node, &pod, hostile_config(&[], security))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
         assert!(err.message().contains(field), "{field}: {err:?}");
     }
@@ -490,15 +563,28 @@ async fn kubelet_defaults_host_network_localhost_profiles_and_cgroup_parent() {
             });
             s.seccomp = seccomp;
             s.masked_paths = [
-                "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/proc/asound",
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
                 "/sys/firmware",
             ]
             .map(String::from)
             .to_vec();
-            s.readonly_paths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-                .map(String::from)
-                .to_vec();
+            s.readonly_paths = [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ]
+            .map(String::from)
+            .to_vec();
         })
     };
     let parent = format!("{}-kubepods/besteffort/poduid1", node.cgroup_parent);
@@ -509,27 +595,49 @@ async fn kubelet_defaults_host_network_localhost_profiles_and_cgroup_parent() {
         })
     })
     .await;
-    let config = hostile_config(&[], kubelet(cri::NamespaceMode::Pod, profile(ProfileType::Unconfined, "")));
+    let config = hostile_config(
+        &[],
+        kubelet(
+            cri::NamespaceMode::Pod,
+            profile(ProfileType::Unconfined, ""),
+        ),
+    );
     create(&mut node, &pod, config).await.unwrap();
     node.start_container(&pod.id).await.unwrap();
     let found = probes(&mut node, &pod.id, "use_dev_null").await;
     assert_eq!(found["status"]["Seccomp"], "0", "Unconfined as asked");
-    assert_refused(&found, &["mount_tmpfs", "write_core_pattern", "read_kcore", "network"]);
+    assert_refused(
+        &found,
+        &["mount_tmpfs", "write_core_pattern", "read_kcore", "network"],
+    );
     let pid = node.pid(&pod.id).await;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let ordinal = pod.id.rsplit('#').next().unwrap();
-    assert!(cgroups.contains(&format!("/{parent}/{ordinal}")), "{cgroups}");
+    assert!(
+        cgroups.contains(&format!("/{parent}/{ordinal}")),
+        "{cgroups}"
+    );
     if Path::new("/sys/fs/cgroup/pids").exists() {
-        let max = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{parent}/{ordinal}/pids.max")).unwrap();
+        let max =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{parent}/{ordinal}/pids.max"))
+                .unwrap();
         assert_eq!(max.trim(), "1024");
-        let devices =
-            std::fs::read_to_string(format!("/sys/fs/cgroup/devices/{parent}/{ordinal}/devices.list")).unwrap();
-        assert!(!devices.contains("a *:* rwm") && devices.contains("c 1:3 rwm"), "{devices}");
+        let devices = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/devices/{parent}/{ordinal}/devices.list"
+        ))
+        .unwrap();
+        assert!(
+            !devices.contains("a *:* rwm") && devices.contains("c 1:3 rwm"),
+            "{devices}"
+        );
     }
     node.remove_running_pod(&pod.id).await;
     for controller in ["cpu", "cpuset", "memory", "pids", "devices"] {
         for dir in ["besteffort/poduid1", "besteffort", ""] {
-            let base = format!("/sys/fs/cgroup/{controller}/{}-kubepods/{dir}", node.cgroup_parent);
+            let base = format!(
+                "/sys/fs/cgroup/{controller}/{}-kubepods/{dir}",
+                node.cgroup_parent
+            );
             let _ = std::fs::remove_dir(base);
         }
     }
@@ -537,13 +645,26 @@ async fn kubelet_defaults_host_network_localhost_profiles_and_cgroup_parent() {
     // hostNetwork, and a Localhost profile that answers chown with EACCES
     // (root holds CAP_CHOWN, so only the profile can refuse it).
     let pod = run_pod(&mut node, "hostnet", |_| {}).await;
-    let config = hostile_config(&[], kubelet(cri::NamespaceMode::Node, profile(ProfileType::Localhost, "no-chown.json")));
+    let config = hostile_config(
+        &[],
+        kubelet(
+            cri::NamespaceMode::Node,
+            profile(ProfileType::Localhost, "no-chown.json"),
+        ),
+    );
     create(&mut node, &pod, config).await.unwrap();
     node.start_container(&pod.id).await.unwrap();
     let found = probes(&mut node, &pod.id, "use_dev_null").await;
     assert_eq!(found["status"]["Seccomp"], "2");
     assert_eq!(found["chown"]["outcome"], "refused");
-    assert!(found["chown"]["detail"].as_str().unwrap().contains("Permission denied"), "{}", found["chown"]);
+    assert!(
+        found["chown"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{}",
+        found["chown"]
+    );
     let pid = node.pid(&pod.id).await;
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
@@ -562,8 +683,21 @@ async fn the_runtimes_files_are_closed_to_other_users() {
     assert_eq!(mode(&state.join("state.redb")), 0o600);
     assert_eq!(mode(&node.run_dir().join("pods")), 0o700);
     let ordinal = id.rsplit('#').next().unwrap();
-    assert_eq!(mode(&state.join(format!("containers/{ordinal}/spec.json"))), 0o600);
-    let log = node.container_status(&id).await.unwrap().status.unwrap().log_path;
-    assert_eq!(mode(Path::new(&log)) & 0o007, 0, "log {log} is not world-readable");
+    assert_eq!(
+        mode(&state.join(format!("containers/{ordinal}/spec.json"))),
+        0o600
+    );
+    let log = node
+        .container_status(&id)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .log_path;
+    assert_eq!(
+        mode(Path::new(&log)) & 0o007,
+        0,
+        "log {log} is not world-readable"
+    );
     node.remove_running_pod(&id).await;
 }

@@ -80,7 +80,15 @@ fn status_line() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let mut fields = Vec::new();
     for key in [
-        "Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+        "Uid",
+        "Gid",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
     ] {
         let v = status
             .lines()
@@ -102,7 +110,13 @@ fn probes() {
         let tmp = c("/tmp");
         syscall_probe(
             "mount_tmpfs",
-            libc::mount(tmpfs.as_ptr(), tmp.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()) as _,
+            libc::mount(
+                tmpfs.as_ptr(),
+                tmp.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) as _,
         );
         let name = b"hostile";
         syscall_probe(
@@ -113,7 +127,10 @@ fn probes() {
         let _ = std::fs::write("/tmp/hostile-own", "x");
         syscall_probe("chown", libc::chown(own.as_ptr(), 4242, 4242) as _);
 
-        for (probe, path) in [("mknod_block_tmp", "/tmp/hostile-sda"), ("mknod_block_dev", "/dev/hostile-sda")] {
+        for (probe, path) in [
+            ("mknod_block_tmp", "/tmp/hostile-sda"),
+            ("mknod_block_dev", "/dev/hostile-sda"),
+        ] {
             let p = c(path);
             let made = libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(8, 0));
             let made_err = errno();
@@ -147,7 +164,12 @@ fn probes() {
             kind: 1, // FILEID_INO32_GEN
             data: [2, 0],
         };
-        let r = libc::syscall(libc::SYS_open_by_handle_at, mount_fd, &mut handle, libc::O_RDONLY);
+        let r = libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd,
+            &mut handle,
+            libc::O_RDONLY,
+        );
         syscall_probe("open_by_handle_at", r);
         libc::close(mount_fd);
 
@@ -159,17 +181,37 @@ fn probes() {
             ("remount_root_rw", "/"),
         ] {
             let p = c(path);
-            let r = libc::mount(none, p.as_ptr(), none, libc::MS_REMOUNT | libc::MS_BIND, std::ptr::null());
+            let r = libc::mount(
+                none,
+                p.as_ptr(),
+                none,
+                libc::MS_REMOUNT | libc::MS_BIND,
+                std::ptr::null(),
+            );
             syscall_probe(probe, r as _);
         }
         let ps = c("/proc/sys");
-        syscall_probe("umount_proc_sys", libc::umount2(ps.as_ptr(), libc::MNT_DETACH) as _);
-        syscall_probe("unshare_user_namespace", libc::unshare(libc::CLONE_NEWUSER) as _);
-        syscall_probe("unshare_mount_namespace", libc::unshare(libc::CLONE_NEWNS) as _);
+        syscall_probe(
+            "umount_proc_sys",
+            libc::umount2(ps.as_ptr(), libc::MNT_DETACH) as _,
+        );
+        syscall_probe(
+            "unshare_user_namespace",
+            libc::unshare(libc::CLONE_NEWUSER) as _,
+        );
+        syscall_probe(
+            "unshare_mount_namespace",
+            libc::unshare(libc::CLONE_NEWNS) as _,
+        );
         let empty = c("");
         syscall_probe(
             "init_module",
-            libc::syscall(libc::SYS_init_module, std::ptr::null::<u8>(), 0usize, empty.as_ptr()),
+            libc::syscall(
+                libc::SYS_init_module,
+                std::ptr::null::<u8>(),
+                0usize,
+                empty.as_ptr(),
+            ),
         );
         let cg = c("cgroup");
         let cg_dir = c("/tmp/hostile-cg");
@@ -177,13 +219,22 @@ fn probes() {
         let memory = c("memory");
         syscall_probe(
             "mount_cgroupfs",
-            libc::mount(cg.as_ptr(), cg_dir.as_ptr(), cg.as_ptr(), 0, memory.as_ptr() as *const _) as _,
+            libc::mount(
+                cg.as_ptr(),
+                cg_dir.as_ptr(),
+                cg.as_ptr(),
+                0,
+                memory.as_ptr() as *const _,
+            ) as _,
         );
     }
     for (probe, path) in [
         ("write_core_pattern", "/proc/sys/kernel/core_pattern"),
         ("write_sysrq_trigger", "/proc/sysrq-trigger"),
-        ("write_sys_kernel", "/sys/kernel/mm/transparent_hugepage/enabled"),
+        (
+            "write_sys_kernel",
+            "/sys/kernel/mm/transparent_hugepage/enabled",
+        ),
         ("write_sys_net", "/sys/class/net/lo/tx_queue_len"),
     ] {
         match open_write(path) {
@@ -244,7 +295,11 @@ fn probes() {
             Err(e) => report("bind_data_plane_port", false, &e),
         }
     }
-    for path in std::env::var("HOSTILE_CONNECT").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+    for path in std::env::var("HOSTILE_CONNECT")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => report(&format!("connect {path}"), true, "connected"),
             Err(e) => report(&format!("connect {path}"), false, &e.to_string()),
@@ -350,7 +405,10 @@ fn setuid_probe(path: String) {
 }
 
 fn serve() -> std::process::ExitCode {
-    let address: Address = match std::env::var(vimana_example::ADDRESS_ENV).ok().and_then(|v| v.parse().ok()) {
+    let address: Address = match std::env::var(vimana_example::ADDRESS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         Some(a) => a,
         None => return std::process::ExitCode::from(2),
     };
@@ -377,7 +435,8 @@ fn serve() -> std::process::ExitCode {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal");
         tokio::select! {
             _ = serve_on(listener, options, shutdown) => {}
             _ = term.recv() => {}
@@ -408,7 +467,11 @@ fn main() -> std::process::ExitCode {
         (Ok("start"), Ok(to)) => {
             let _ = std::fs::remove_file(&socket);
             let made = std::os::unix::fs::symlink(&to, &socket);
-            report("symlink_socket", made.is_ok(), &format!("{socket} -> {to}: {made:?}"));
+            report(
+                "symlink_socket",
+                made.is_ok(),
+                &format!("{socket} -> {to}: {made:?}"),
+            );
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
@@ -436,7 +499,11 @@ fn main() -> std::process::ExitCode {
             }
             let _ = std::fs::remove_file(&socket);
             let made = std::os::unix::fs::symlink(&to, &socket);
-            report("symlink_socket", made.is_ok(), &format!("{socket} -> {to}: {made:?}"));
+            report(
+                "symlink_socket",
+                made.is_ok(),
+                &format!("{socket} -> {to}: {made:?}"),
+            );
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }

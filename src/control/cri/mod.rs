@@ -211,7 +211,9 @@ impl RuntimeService for Cri {
     }
 
     async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        Ok(Response::new(self.streaming.exec_sync(req.into_inner()).await?))
+        Ok(Response::new(
+            self.streaming.exec_sync(req.into_inner()).await?,
+        ))
     }
 
     async fn exec(&self, req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
@@ -226,7 +228,9 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        Ok(Response::new(self.streaming.port_forward(req.into_inner())?))
+        Ok(Response::new(
+            self.streaming.port_forward(req.into_inner())?,
+        ))
     }
 
     async fn container_stats(

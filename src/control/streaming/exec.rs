@@ -19,8 +19,9 @@ use super::exec_shim::{Outcome, Request};
 use super::StreamError;
 
 /// Most stdout (and, apart, stderr) ExecSync keeps; the rest is read and
-/// dropped so the command is never blocked by it.
-pub const SYNC_OUTPUT_LIMIT: usize = 16 << 20;
+/// dropped so the command is never blocked by it. Both together stay under
+/// the 16 MiB the kubelet's (and crictl's) CRI client accepts in a message.
+pub const SYNC_OUTPUT_LIMIT: usize = (8 << 20) - (32 << 10);
 /// How long output may still arrive after the command exited (a background
 /// child holding the pipe must not hold the call).
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -99,8 +100,8 @@ fn spawn(
         .spawn()
         .map_err(io("start the exec helper"))?;
     drop(status_w);
-    let status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r)
-        .map_err(io("status pipe"))?;
+    let status =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(io("status pipe"))?;
     Ok(Spawned { child, status })
 }
 
@@ -130,8 +131,16 @@ pub async fn exec_sync(
         false,
         [Stdio::null(), Stdio::piped(), Stdio::piped()],
     )?;
-    let out = spawned.child.stdout.take().map(|s| tokio::spawn(collect(s)));
-    let err = spawned.child.stderr.take().map(|s| tokio::spawn(collect(s)));
+    let out = spawned
+        .child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(collect(s)));
+    let err = spawned
+        .child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(collect(s)));
     let waited = match timeout {
         Some(limit) => tokio::time::timeout(limit, spawned.child.wait()).await.ok(),
         None => Some(spawned.child.wait().await),
@@ -328,9 +337,9 @@ impl Pty {
     async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| {
-                nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)
-            }) {
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

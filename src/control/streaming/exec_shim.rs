@@ -102,8 +102,7 @@ fn run(request: &Request) -> Result<Outcome, String> {
             std::io::Error::last_os_error()
         ));
     }
-    let (fail_r, fail_w) =
-        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (fail_r, fail_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: single-threaded; the child only runs ordinary code then execs.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
@@ -237,7 +236,11 @@ fn resolve(name: &str, env: &[String]) -> Result<CString, String> {
     let found = if name.contains('/') {
         let path = PathBuf::from(name);
         match fs::metadata(&path) {
-            Err(_) => return Err(format!("exec: {name:?}: stat {name}: no such file or directory")),
+            Err(_) => {
+                return Err(format!(
+                    "exec: {name:?}: stat {name}: no such file or directory"
+                ))
+            }
             Ok(m) if m.is_dir() => return Err(format!("exec: {name:?}: is a directory")),
             Ok(_) if !executable(&path) => {
                 return Err(format!("exec: {name:?}: permission denied"))

@@ -134,8 +134,9 @@ pub async fn switch_to_spdy<S: AsyncWrite + Unpin>(
     stream: &mut S,
     protocol: Option<&str>,
 ) -> std::io::Result<()> {
-    let mut head =
-        String::from("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n");
+    let mut head = String::from(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n",
+    );
     if let Some(protocol) = protocol {
         head.push_str(&format!("X-Stream-Protocol-Version: {protocol}\r\n"));
     }

@@ -114,7 +114,9 @@ impl Server {
         let wanted = runtime.config.stream_address;
         let listener = TcpListener::bind(wanted)
             .await
-            .map_err(super::Error::io(format!("bind the streaming server on {wanted}")))?;
+            .map_err(super::Error::io(format!(
+                "bind the streaming server on {wanted}"
+            )))?;
         let local = listener
             .local_addr()
             .map_err(super::Error::io("streaming server address".to_owned()))?;
@@ -150,7 +152,10 @@ impl Server {
         Ok(server)
     }
 
-    pub async fn exec_sync(&self, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse, StreamError> {
+    pub async fn exec_sync(
+        &self,
+        req: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, StreamError> {
         check_cmd(&req.cmd)?;
         let target = self.target(&req.container_id)?;
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
@@ -266,7 +271,8 @@ impl Server {
     }
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream) {
-        let Ok(Some(head)) = tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await
+        let Ok(Some(head)) =
+            tokio::time::timeout(http::HEAD_TIMEOUT, http::read_head(&mut stream)).await
         else {
             http::respond(&mut stream, 400, &[], "malformed HTTP request").await;
             return;
@@ -275,7 +281,13 @@ impl Server {
             http::respond(&mut stream, 405, &[], "only GET and POST are served").await;
             return;
         }
-        let mut parts = head.path.split('?').next().unwrap_or("").trim_start_matches('/').split('/');
+        let mut parts = head
+            .path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .split('/');
         let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if parts.next().is_some() || !["exec", "attach", "portforward"].contains(&kind) {
             http::respond(&mut stream, 404, &[], "404 page not found").await;
@@ -331,11 +343,15 @@ async fn serve_spdy(mut stream: TcpStream, head: http::Head, job: Job) {
             }
         }
     };
-    if http::switch_to_spdy(&mut stream, protocol.as_deref()).await.is_err() {
+    if http::switch_to_spdy(&mut stream, protocol.as_deref())
+        .await
+        .is_err()
+    {
         return;
     }
     let (reader, writer) = stream.into_split();
-    let reader = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(head.leftover.to_vec()), reader);
+    let reader =
+        tokio::io::AsyncReadExt::chain(std::io::Cursor::new(head.leftover.to_vec()), reader);
     match job {
         Job::PortForward { target } => portforward::serve(reader, writer, target).await,
         job => {
@@ -351,7 +367,11 @@ async fn serve_websocket(mut stream: TcpStream, head: http::Head, job: Job) {
         Job::PortForward { .. } => &[websocket::TUNNEL_PROTOCOL],
     };
     let offered = head.values("sec-websocket-protocol");
-    let Some(protocol) = offered.iter().find(|p| supported.contains(&p.as_str())).cloned() else {
+    let Some(protocol) = offered
+        .iter()
+        .find(|p| supported.contains(&p.as_str()))
+        .cloned()
+    else {
         let body = format!(
             "unable to upgrade: no supported WebSocket subprotocol: client offers {offered:?}, server accepts {supported:?}"
         );
@@ -362,7 +382,10 @@ async fn serve_websocket(mut stream: TcpStream, head: http::Head, job: Job) {
         http::respond(&mut stream, 400, &[], "missing Sec-WebSocket-Key").await;
         return;
     };
-    if http::switch_to_websocket(&mut stream, &key, &protocol).await.is_err() {
+    if http::switch_to_websocket(&mut stream, &key, &protocol)
+        .await
+        .is_err()
+    {
         return;
     }
     let ws = websocket::accept(stream, head.leftover.to_vec()).await;
@@ -377,7 +400,9 @@ async fn serve_websocket(mut stream: TcpStream, head: http::Head, job: Job) {
 
 fn check_cmd(cmd: &[String]) -> Result<(), StreamError> {
     if cmd.first().is_none_or(|c| c.is_empty()) {
-        return Err(StreamError::InvalidArgument("cmd: no command given".to_owned()));
+        return Err(StreamError::InvalidArgument(
+            "cmd: no command given".to_owned(),
+        ));
     }
     Ok(())
 }

@@ -55,7 +55,9 @@ where
     let (out, mut incoming) = conn::serve(reader, writer);
     let mut pending: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = incoming.recv().await {
-        let kind = header(&stream.headers, "streamtype").unwrap_or("").to_owned();
+        let kind = header(&stream.headers, "streamtype")
+            .unwrap_or("")
+            .to_owned();
         // Old clients send no requestID: their data stream follows the
         // error stream, two IDs on.
         let request = match header(&stream.headers, "requestid") {

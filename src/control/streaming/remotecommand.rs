@@ -92,7 +92,9 @@ pub fn status_json(result: &Result<Outcome, StreamError>) -> Vec<u8> {
 fn status_text(result: &Result<Outcome, StreamError>) -> Option<String> {
     match result {
         Ok(Outcome::Exited { code: 0, .. }) => None,
-        Ok(Outcome::Exited { code, .. }) => Some(format!("command terminated with exit code {code}")),
+        Ok(Outcome::Exited { code, .. }) => {
+            Some(format!("command terminated with exit code {code}"))
+        }
         _ => Some(failure(result)),
     }
 }

@@ -112,7 +112,8 @@ where
             match channel {
                 STDIN => {
                     if let Some(tx) = &stdin {
-                        if !rest.is_empty() && tx.send(Bytes::copy_from_slice(rest)).await.is_err() {
+                        if !rest.is_empty() && tx.send(Bytes::copy_from_slice(rest)).await.is_err()
+                        {
                             stdin = None;
                         }
                     }
