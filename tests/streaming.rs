@@ -138,6 +138,11 @@ async fn exec_sync_runs_inside_the_container_with_its_sandbox() {
         status_lines(&text(&init.stdout), &keys)
     );
     assert_eq!(status_lines(&text(&init.stdout), &keys).len(), keys.len());
+    // The runtime default, not the root of the node: runc's 14 capabilities
+    // and the seccomp filter.
+    let mine = text(&mine.stdout);
+    assert!(mine.contains("CapEff:\t00000000a80425fb"), "{mine}");
+    assert!(mine.contains("Seccomp:\t2"), "{mine}");
     let cmdline = exec_sync(&mut node, &id, &["cat", "/proc/1/cmdline"], 10)
         .await
         .unwrap();
@@ -219,6 +224,68 @@ async fn exec_sync_runs_inside_the_container_with_its_sandbox() {
     assert_eq!((big.stdout.len(), big.stderr.len()), (limit, limit));
     assert_eq!(big.exit_code, 0);
     node.remove_running_pod(&id).await;
+}
+
+/// A restricted container (uid 1000, every capability dropped,
+/// no_new_privs): an exec'd command has exactly that, not more.
+#[tokio::test]
+async fn exec_in_a_restricted_container_keeps_its_restrictions() {
+    let mut node = Node::start().await;
+    let pod = node.run_pod("restricted", A).await;
+    let mut config = common::container_config("component", &[]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: None,
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 1000 }),
+            no_new_privs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+    });
+    let sandbox = node.sandbox_config(&pod).await;
+    node.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap();
+    node.start_container(&pod).await.unwrap();
+    let pid = node.pid(&pod).await;
+    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    let out = exec_sync(&mut node, &pod, &["/bin/busybox", "cat", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    let status = text(&out.stdout);
+    for line in [
+        "Uid:\t1000\t1000\t1000\t1000",
+        "Gid:\t1000\t1000\t1000\t1000",
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(status.contains(line), "{line:?} missing in:\n{status}");
+    }
+    // The seccomp filter holds: unshare is refused inside.
+    let out = exec_sync(&mut node, &pod, &["/bin/busybox", "unshare", "-m", "true"], 10)
+        .await
+        .unwrap();
+    assert_ne!(out.exit_code, 0, "{}", text(&out.stderr));
+    node.remove_running_pod(&pod).await;
 }
 
 #[tokio::test]
