@@ -79,6 +79,9 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         .map_err(|e| format!("open log file {:?}: {e}", spec.log_path))?;
     let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The container's stdio, held by the attach relay (forked here, before
+    // the PID namespace exists), which feeds the log pipes.
+    let stdio = super::attach::start(spec, &out_w, &err_w)?;
     let (fail_r, fail_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     // Blocked before the fork so no SIGCHLD can slip by unseen; the child
@@ -106,7 +109,7 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop((out_r, err_r, fail_r));
-            let error = match container_init(spec, &out_w, &err_w) {
+            let error = match container_init(spec, &stdio) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -117,7 +120,7 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop((out_w, err_w, fail_w));
+    drop((out_w, err_w, fail_w, stdio));
 
     let mut failure = String::new();
     let _ = fs::File::from(fail_r).read_to_string(&mut failure);
@@ -259,8 +262,7 @@ fn detach_stdout() {
 /// filesystem, drop into it and exec. Returns only on failure, with why.
 fn container_init(
     spec: &LaunchSpec,
-    out_w: &OwnedFd,
-    err_w: &OwnedFd,
+    stdio: &super::attach::ContainerSide,
 ) -> Result<std::convert::Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("set parent-death signal: {e}"))?;
@@ -305,12 +307,21 @@ fn container_init(
     let program = resolve_program(spec)?;
     let argv = cstrings(&spec.args)?;
     let envp = cstrings(&spec.env)?;
-    let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     // SAFETY: plain fd plumbing in the child before exec.
     unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(out_w.as_raw_fd(), 1);
-        libc::dup2(err_w.as_raw_fd(), 2);
+        libc::dup2(stdio.stdin.as_raw_fd(), 0);
+        libc::dup2(stdio.stdout.as_raw_fd(), 1);
+        libc::dup2(stdio.stderr.as_raw_fd(), 2);
+    }
+    if stdio.tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        // SAFETY: fd 0 is the pty's slave end.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!(
+                "set the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     SigSet::empty()
         .thread_set_mask()

@@ -402,6 +402,9 @@ fn launch_spec(
         log_path: None,
         cgroups: Vec::new(),
         exit_file: dir.join("exit.json"),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
         sandbox: pod_sandbox,
     })
 }

@@ -9,6 +9,7 @@
 //! [`exec_shim`]). It reads the store to find a container's process and
 //! socket and changes nothing in it; it never touches `crate::shard`.
 
+mod attach;
 pub mod exec;
 pub mod exec_shim;
 mod http;
@@ -19,6 +20,7 @@ mod token;
 mod websocket;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +82,10 @@ pub enum Job {
         cmd: Vec<String>,
         options: Options,
     },
+    Attach {
+        target: attach::AttachTarget,
+        options: Options,
+    },
     PortForward {
         target: PodTarget,
     },
@@ -88,7 +94,7 @@ pub enum Job {
 impl Job {
     fn options(&self) -> Options {
         match self {
-            Job::Exec { options, .. } => *options,
+            Job::Exec { options, .. } | Job::Attach { options, .. } => *options,
             Job::PortForward { .. } => Options::default(),
         }
     }
@@ -96,6 +102,7 @@ impl Job {
     fn path(&self) -> &'static str {
         match self {
             Job::Exec { .. } => "exec",
+            Job::Attach { .. } => "attach",
             Job::PortForward { .. } => "portforward",
         }
     }
@@ -197,13 +204,45 @@ impl Server {
     }
 
     pub fn attach(&self, req: cri::AttachRequest) -> Result<cri::AttachResponse, StreamError> {
-        // Refused only after the container is known, so the answer says
-        // what is missing rather than "not found" for a real container.
-        self.target(&req.container_id)?;
-        Err(StreamError::Unimplemented(
-            "Attach is not supported yet: the shim does not hold a container's stdin; use exec"
-                .to_owned(),
-        ))
+        let target = self.target(&req.container_id)?;
+        let (stdin_enabled, tty) = {
+            let store = self.runtime.store();
+            let config = parse_id(&req.container_id)
+                .and_then(|id| store.pods.get(&id))
+                .and_then(|pod| pod.container.as_ref())
+                .map(|c| (c.config.stdin, c.config.tty))
+                .unwrap_or_default();
+            config
+        };
+        if req.stdin && !stdin_enabled {
+            return Err(StreamError::NotRunning(format!(
+                "container {}: stdin is not enabled (the container was not created with stdin: true)",
+                req.container_id
+            )));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(StreamError::InvalidArgument(
+                "one of stdin, stdout, or stderr must be set".to_owned(),
+            ));
+        }
+        let dir = target.spec.parent().map(PathBuf::from).unwrap_or_default();
+        let job = Job::Attach {
+            target: attach::AttachTarget {
+                container_id: req.container_id,
+                socket: crate::control::container::attach::socket_path(&dir),
+            },
+            // The container's terminal decides: with a tty, stderr is in
+            // stdout.
+            options: Options {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr && !tty,
+                tty,
+            },
+        };
+        Ok(cri::AttachResponse {
+            url: self.url(job)?,
+        })
     }
 
     pub fn port_forward(
@@ -321,7 +360,7 @@ impl Server {
 
 async fn serve_spdy(mut stream: TcpStream, head: http::Head, job: Job) {
     let supported: &[&str] = match job {
-        Job::Exec { .. } => &remotecommand::SPDY_PROTOCOLS,
+        Job::Exec { .. } | Job::Attach { .. } => &remotecommand::SPDY_PROTOCOLS,
         Job::PortForward { .. } => &[portforward::PROTOCOL],
     };
     let offered = head.values("x-stream-protocol-version");
@@ -363,7 +402,7 @@ async fn serve_spdy(mut stream: TcpStream, head: http::Head, job: Job) {
 
 async fn serve_websocket(mut stream: TcpStream, head: http::Head, job: Job) {
     let supported: &[&str] = match job {
-        Job::Exec { .. } => &websocket::EXEC_PROTOCOLS,
+        Job::Exec { .. } | Job::Attach { .. } => &websocket::EXEC_PROTOCOLS,
         Job::PortForward { .. } => &[websocket::TUNNEL_PROTOCOL],
     };
     let offered = head.values("sec-websocket-protocol");

@@ -53,6 +53,7 @@ pub async fn run(job: &Job, io: Io) -> Result<Outcome, StreamError> {
             cmd,
             options,
         } => exec::exec_interactive(target, cmd, options.tty, io).await,
+        Job::Attach { target, .. } => super::attach::attach(target, io).await,
         Job::PortForward { .. } => Err(StreamError::InvalidArgument(
             "a port-forward URL does not run commands".to_owned(),
         )),
