@@ -264,9 +264,14 @@ async fn exec_in_a_restricted_container_keeps_its_restrictions() {
     let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    let out = exec_sync(&mut node, &pod, &["/bin/busybox", "cat", "/proc/self/status"], 10)
-        .await
-        .unwrap();
+    let out = exec_sync(
+        &mut node,
+        &pod,
+        &["/bin/busybox", "cat", "/proc/self/status"],
+        10,
+    )
+    .await
+    .unwrap();
     let status = text(&out.stdout);
     for line in [
         "Uid:\t1000\t1000\t1000\t1000",
@@ -281,9 +286,14 @@ async fn exec_in_a_restricted_container_keeps_its_restrictions() {
         assert!(status.contains(line), "{line:?} missing in:\n{status}");
     }
     // The seccomp filter holds: unshare is refused inside.
-    let out = exec_sync(&mut node, &pod, &["/bin/busybox", "unshare", "-m", "true"], 10)
-        .await
-        .unwrap();
+    let out = exec_sync(
+        &mut node,
+        &pod,
+        &["/bin/busybox", "unshare", "-m", "true"],
+        10,
+    )
+    .await
+    .unwrap();
     assert_ne!(out.exit_code, 0, "{}", text(&out.stderr));
     node.remove_running_pod(&pod).await;
 }
@@ -705,5 +715,217 @@ async fn a_client_that_never_reads_gets_backpressure() {
     assert_eq!(text(&ok.stdout), "alive\n");
     assert_eq!(node.state(&id).await, cri::ContainerState::ContainerRunning);
     drop(ws);
+    node.remove_running_pod(&id).await;
+}
+
+/// A pod whose container was created with `stdin: true`, with busybox.
+async fn stdin_pod(node: &mut Node, name: &str, tty: bool) -> String {
+    let pod = node.run_pod(name, A).await;
+    let mut config = common::container_config("component", &[]);
+    config.stdin = true;
+    config.tty = tty;
+    let sandbox = node.sandbox_config(&pod).await;
+    node.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap();
+    node.start_container(&pod).await.unwrap();
+    let pid = node.pid(&pod).await;
+    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "head", "echo", "cat"] {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    pod
+}
+
+/// Reads from `reader` on a thread until `needle` shows up (or 15 s).
+fn wait_for(
+    reader: impl Read + Send + 'static,
+    needle: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                break;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+    });
+    rx
+}
+
+/// crictl attach to a component's own stdio: what it is given on stdin
+/// reaches the container's stdin, what the container prints reaches the
+/// attached client and still the CRI log; then vimanad restarts and a new
+/// attach still works (the shim's relay holds the streams).
+#[tokio::test]
+async fn crictl_attach_with_stdin_over_spdy_and_websocket_survives_a_restart() {
+    let Some(crictl_bin) = tool("crictl") else {
+        return;
+    };
+    let mut node = Node::start().await;
+    let id = stdin_pod(&mut node, "attach", false).await;
+    for (round, transport) in TRANSPORTS.iter().enumerate() {
+        if round == 1 {
+            node.kill9();
+            node.restart().await;
+        }
+        let mut attach = crictl(&node, &crictl_bin)
+            .args(["attach", "-i", "--transport", transport, &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = wait_for(attach.stdout.take().unwrap(), "pong-");
+        let mut stdin = attach.stdin.take().unwrap();
+        // Input typed into the attached client reaches the container's stdin.
+        let line = format!("ping-{transport}\n");
+        let reader = tokio::spawn({
+            let mut runtime = node.runtime.clone();
+            let id = id.clone();
+            async move {
+                runtime
+                    .exec_sync(cri::ExecSyncRequest {
+                        container_id: id,
+                        cmd: vec![
+                            "head".into(),
+                            "-n".into(),
+                            "1".into(),
+                            "/proc/1/fd/0".into(),
+                        ],
+                        timeout: 15,
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let got = reader.await.unwrap().unwrap().into_inner();
+        assert_eq!(
+            text(&got.stdout),
+            line,
+            "{transport}: {}",
+            text(&got.stderr)
+        );
+        // The container's output reaches the client, and the log.
+        let say = format!("echo pong-{transport} > /proc/1/fd/1");
+        exec_sync(&mut node, &id, &["sh", "-c", &say], 10)
+            .await
+            .unwrap();
+        let shown = seen
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_default();
+        assert!(
+            shown.contains(&format!("pong-{transport}")),
+            "{transport}: attach showed {shown:?}"
+        );
+        let _ = attach.kill();
+        let _ = attach.wait();
+        let log = node
+            .container_status(&id)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .log_path;
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(log.contains(&format!("stdout F pong-{transport}")), "{log}");
+    }
+    // stdin was not enabled for this one: attach -i is refused.
+    let plain = node.running_pod("plain", A).await;
+    let refused = node
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: plain.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    node.remove_running_pod(&plain).await;
+    node.remove_running_pod(&id).await;
+}
+
+/// A container with a tty: attach -ti under a pty types into the
+/// container's terminal and sees its echo (crictl's own terminal is raw, so
+/// the echo can only come from the container's pty), which also reaches the
+/// CRI log. (Another process cannot write to the container's pty: the
+/// devices cgroup allows no /dev/pts open.)
+#[tokio::test]
+async fn crictl_attach_tty() {
+    let Some(crictl_bin) = tool("crictl") else {
+        return;
+    };
+    let mut node = Node::start().await;
+    let id = stdin_pod(&mut node, "attachtty", true).await;
+    let script = r#"
+import os, pty, sys, time, select
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out = b""
+time.sleep(1.5)
+os.write(fd, b"tty-pong\r")
+end = time.time() + 15
+while time.time() < end and b"tty-pong" not in out:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            out += os.read(fd, 4096)
+        except OSError:
+            break
+os.kill(pid, 9)
+sys.stdout.write(out.decode("utf-8", "replace"))
+"#;
+    for transport in TRANSPORTS {
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&crictl_bin)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", node.socket().display()))
+            .args(["attach", "-t", "-i", "--transport", transport, &id])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            text(&out.stdout).contains("tty-pong"),
+            "{transport}: {}",
+            text(&out.stdout)
+        );
+    }
+    let log = node
+        .container_status(&id)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .log_path;
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("tty-pong"), "{log}");
     node.remove_running_pod(&id).await;
 }

@@ -117,7 +117,11 @@ pub fn start(
         ForkResult::Child => {
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             // Not the runtime's hello pipe, not the container's ends.
-            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
                 // SAFETY: plain fd plumbing in the child.
                 unsafe {
                     libc::dup2(null.as_raw_fd(), 0);
@@ -127,13 +131,17 @@ pub fn start(
             drop(side);
             // Nothing of the shim's stays open here (its start-failure pipe
             // above all, whose EOF the shim waits for).
-            let keep: Vec<i32> = [Some(listener.as_raw_fd()), Some(log_out.as_raw_fd()), Some(log_err.as_raw_fd())]
-                .into_iter()
-                .chain(relay_in.iter().map(|f| Some(f.as_raw_fd())))
-                .chain(relay_out.iter().map(|f| Some(f.as_raw_fd())))
-                .chain(relay_err.iter().map(|f| Some(f.as_raw_fd())))
-                .flatten()
-                .collect();
+            let keep: Vec<i32> = [
+                Some(listener.as_raw_fd()),
+                Some(log_out.as_raw_fd()),
+                Some(log_err.as_raw_fd()),
+            ]
+            .into_iter()
+            .chain(relay_in.iter().map(|f| Some(f.as_raw_fd())))
+            .chain(relay_out.iter().map(|f| Some(f.as_raw_fd())))
+            .chain(relay_err.iter().map(|f| Some(f.as_raw_fd())))
+            .flatten()
+            .collect();
             close_others(&keep);
             let _ = nix::sys::signal::SigSet::all().thread_unblock();
             let relay = Relay {
@@ -283,7 +291,9 @@ impl Relay {
         for c in &mut self.clients {
             let (a, b) = c.output.as_slices();
             let _ = c.stream.set_nonblocking(false);
-            let _ = c.stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            let _ = c
+                .stream
+                .set_write_timeout(Some(std::time::Duration::from_secs(1)));
             let _ = c.stream.write_all(a).and_then(|_| c.stream.write_all(b));
         }
     }
