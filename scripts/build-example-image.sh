@@ -25,4 +25,11 @@ mkdir -p "$out"
     --binary "$(dirname "$bin")/vimana-hostile" \
     --name example.com/vimana-hostile:1.0.0 \
     --output "$out/vimana-hostile.oci.tar" >&2
+# The same binary as a pause image, for containerd's pod sandboxes when the
+# hostile image runs under runc for comparison (tests/sandbox_runc.rs).
+"${CARGO_TARGET_DIR:-target}/$profile/vimanad" image pack \
+    --binary "$(dirname "$bin")/vimana-hostile" \
+    --entrypoint-path /pause \
+    --name example.com/vimana-pause:1.0.0 \
+    --output "$out/vimana-pause.oci.tar" >&2
 echo "$out/vimana-example.oci.tar"

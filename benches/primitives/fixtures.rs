@@ -17,7 +17,12 @@ pub fn pool_of(n: usize) -> (PodPool, Vec<(String, String)>) {
         let component = ComponentName::new(&domain, &service, "1.0.0").expect("valid name");
         let id = PodId::new(component, i as u64);
         pool.insert_pod(&id);
-        pool.set_running(&id, PathBuf::from(format!("/run/vimanad/pods/{i}.sock")), 1);
+        pool.set_running(
+            &id,
+            PathBuf::from(format!("/run/vimanad/pods/{i}.sock")),
+            1,
+            Default::default(),
+        );
         keys.push((domain, service));
     }
     // Scramble (multiplicative step coprime with n), so consecutive

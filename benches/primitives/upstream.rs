@@ -79,7 +79,10 @@ fn checkout_snapshot(pods: usize, socket: &std::path::Path) -> Snapshot {
     for ordinal in 0..pods {
         let id = PodId::new(component.clone(), ordinal as u64);
         pool.insert_pod(&id);
-        pool.set_running(&id, socket.to_path_buf(), 1);
+        // The component serves from a thread of this process.
+        let peer =
+            vimanad::pool::Peer::of_pid(std::process::id() as i32).expect("own PID namespace");
+        pool.set_running(&id, socket.to_path_buf(), 1, peer);
     }
     Snapshot::build(&pool, 1)
 }

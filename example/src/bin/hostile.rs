@@ -19,6 +19,10 @@
 //!   `grpc.sock` a symlink to it and never serve; with `later`: serve from a
 //!   child process until SIGUSR1, then kill it and swap the socket for the
 //!   symlink, staying alive.
+//! It refuses to run unless it is PID 1 (of its container's PID
+//! namespace): on a host, as root, the probes would do what they try.
+//!
+//! * run as `/pause` (argv[0]): sleep forever (a pod sandbox image).
 //! * `--whoami`: print `{"probe":"setuid_exec","euid":N,"uid":N}` and exit.
 
 use std::ffi::CString;
@@ -82,6 +86,7 @@ fn status_line() {
     for key in [
         "Uid",
         "Gid",
+        "Groups",
         "CapInh",
         "CapPrm",
         "CapEff",
@@ -102,6 +107,8 @@ fn status_line() {
 }
 
 fn probes() {
+    // Images need not have /tmp (vimanad makes one, containerd does not).
+    let _ = std::fs::create_dir_all("/tmp");
     status_line();
     // SAFETY (all below): plain system calls with valid, NUL-terminated
     // arguments, probing what the kernel lets this process do.
@@ -151,8 +158,16 @@ fn probes() {
         }
         // The "shocker" attack: a handle to inode 2 (a file system's root)
         // through the bind mount of the socket directory.
-        let dir = c("/run/vimana");
-        let mount_fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        // Through a bind mount from the host: the socket directory, or
+        // (under other runtimes) /etc/resolv.conf.
+        let mut mount_fd = -1;
+        for path in ["/run/vimana", "/etc/resolv.conf", "/"] {
+            let p = c(path);
+            mount_fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+            if mount_fd >= 0 {
+                break;
+            }
+        }
         #[repr(C)]
         struct Handle {
             bytes: u32,
@@ -242,15 +257,38 @@ fn probes() {
             Err(e) => report(probe, false, &e),
         }
     }
-    let kcore = std::fs::File::open("/proc/kcore").and_then(|mut f| {
-        let mut b = [0u8; 16];
-        f.read(&mut b)
-    });
-    match kcore {
-        Ok(n) if n > 0 => report("read_kcore", true, &format!("{n} bytes")),
-        Ok(_) => report("read_kcore", false, "masked: empty"),
-        Err(e) => report("read_kcore", false, &e.to_string()),
+    // Masked paths: whichever of them this kernel has must read empty.
+    let mut readable = Vec::new();
+    let mut present = Vec::new();
+    for path in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+        "/sys/firmware",
+    ] {
+        let meta = std::fs::metadata(path);
+        if meta.is_err() {
+            continue;
+        }
+        present.push(path);
+        let content = if meta.is_ok_and(|m| m.is_dir()) {
+            std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+        } else {
+            let mut b = [0u8; 16];
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read(&mut b))
+                .unwrap_or(0)
+        };
+        if content > 0 {
+            readable.push(path);
+        }
     }
+    report(
+        "read_masked_paths",
+        !readable.is_empty(),
+        &format!("present {present:?}, with content {readable:?}"),
+    );
     // Leaving the cgroup: any cgroup.procs that takes this process.
     let mut moved = Vec::new();
     let mut seen = 0;
@@ -432,25 +470,51 @@ fn serve() -> std::process::ExitCode {
             max_message_size: None,
             shutdown_grace: Some(Duration::from_millis(100)),
         };
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    eprintln!("vimana-hostile: SIGTERM handler: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+        let shutdown = async move {
+            term.recv().await;
+            eprintln!("vimana-hostile: SIGTERM received, shutting down");
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal");
-        tokio::select! {
-            _ = serve_on(listener, options, shutdown) => {}
-            _ = term.recv() => {}
+        match serve_on(listener, options, shutdown).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vimana-hostile: server error: {e}");
+                std::process::ExitCode::FAILURE
+            }
         }
-        std::process::ExitCode::SUCCESS
     })
 }
 
 fn main() -> std::process::ExitCode {
+    // Packed as `/pause` it is the pod sandbox image containerd needs for
+    // the comparison under runc (tests/sandbox_runc.rs): it only waits.
+    if std::env::args()
+        .next()
+        .is_some_and(|a| a.ends_with("pause"))
+    {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if std::env::args().nth(1).as_deref() == Some("--whoami") {
         // SAFETY: getters.
         let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
         println!("{{\"probe\":\"setuid_exec\",\"euid\":{euid},\"uid\":{uid}}}");
         return std::process::ExitCode::SUCCESS;
+    }
+    // The probes really attack whatever runs them: mounts over /tmp,
+    // hostname, device nodes. Only ever as PID 1 of a container's own PID
+    // namespace, never on a host by mistake.
+    if std::process::id() != 1 {
+        eprintln!("vimana-hostile: not PID 1 of a container; refusing to run the escape probes");
+        return std::process::ExitCode::from(2);
     }
     probes();
     if let Ok(path) = std::env::var("HOSTILE_SETUID") {

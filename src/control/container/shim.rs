@@ -490,24 +490,26 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
-fn set_user(spec: &LaunchSpec) -> Result<(), String> {
-    if spec.uid.is_none() && spec.gid.is_none() && spec.supplemental_groups.is_empty() {
-        return Ok(());
-    }
+/// Also used by `vimanad exec-shim`, so an exec'd command gets exactly the
+/// container's user and groups.
+pub(crate) fn set_user(spec: &LaunchSpec) -> Result<(), String> {
+    // Always set explicitly: the runtime's own supplementary groups never
+    // reach a container.
+    let uid = spec.uid.unwrap_or(0);
     let gid = spec.gid.unwrap_or(0);
-    let mut groups: Vec<nix::unistd::Gid> = vec![nix::unistd::Gid::from_raw(gid)];
-    groups.extend(
-        spec.supplemental_groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g)),
-    );
+    let mut gids = vec![gid];
+    gids.extend(&spec.supplemental_groups);
+    if spec.sandbox.merge_image_groups {
+        gids.extend(security::users::image_groups(uid));
+    }
+    let mut seen = std::collections::HashSet::new();
+    gids.retain(|g| seen.insert(*g));
+    let groups: Vec<nix::unistd::Gid> = gids.into_iter().map(nix::unistd::Gid::from_raw).collect();
     nix::unistd::setgroups(&groups).map_err(|e| format!("set groups: {e}"))?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
         .map_err(|e| format!("set gid {gid}: {e}"))?;
-    if let Some(uid) = spec.uid {
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
-            .map_err(|e| format!("set uid {uid}: {e}"))?;
-    }
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+        .map_err(|e| format!("set uid {uid}: {e}"))?;
     Ok(())
 }
 

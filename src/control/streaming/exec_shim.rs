@@ -182,14 +182,15 @@ fn command(spec: &LaunchSpec, request: &Request) -> Result<std::convert::Infalli
     let argv = cstrings(&request.args)?;
     let envp = cstrings(&spec.env)?;
 
-    // The container's own sandbox, in the shim's order.
+    // The container's own sandbox and user, in the shim's order and
+    // through the shim's and the sandbox's own functions.
     let sandbox = &spec.sandbox;
     if let (Some(programs), false) = (&sandbox.seccomp, sandbox.no_new_privs) {
         security::seccomp::install(programs)?;
     }
     security::caps::drop_bounding(sandbox.caps)?;
     security::caps::keep_across_setuid(true)?;
-    set_user(spec)?;
+    crate::control::container::shim::set_user(spec)?;
     security::caps::keep_across_setuid(false)?;
     security::caps::apply(sandbox.caps, sandbox.ambient)?;
     // After the credential changes, which clear it: the command dies with
@@ -204,27 +205,6 @@ fn command(spec: &LaunchSpec, request: &Request) -> Result<std::convert::Infalli
     }
     let error = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     Err(format!("exec: {:?}: {}", request.args[0], error.desc()))
-}
-
-fn set_user(spec: &LaunchSpec) -> Result<(), String> {
-    // As the shim does: nothing asked, nothing changed.
-    if spec.uid.is_none() && spec.gid.is_none() && spec.supplemental_groups.is_empty() {
-        return Ok(());
-    }
-    let gid = spec.gid.unwrap_or(0);
-    let mut groups = vec![nix::unistd::Gid::from_raw(gid)];
-    groups.extend(
-        spec.supplemental_groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g)),
-    );
-    nix::unistd::setgroups(&groups).map_err(|e| format!("set groups: {e}"))?;
-    nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
-        .map_err(|e| format!("set gid {gid}: {e}"))?;
-    let uid = spec.uid.unwrap_or(0);
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
-        .map_err(|e| format!("set uid {uid}: {e}"))?;
-    Ok(())
 }
 
 /// Finds the program as runc does: a name with a slash is a path, any

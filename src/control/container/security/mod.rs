@@ -11,6 +11,7 @@ pub mod caps;
 pub mod paths;
 pub mod seccomp;
 mod syscalls;
+pub mod users;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -38,6 +39,10 @@ pub struct Sandbox {
     pub host_network: bool,
     /// The node's IPC namespace (hostIPC).
     pub host_ipc: bool,
+    /// Add the groups the image's /etc/group gives the user
+    /// (SupplementalGroupsPolicy Merge, the default; Strict: only those
+    /// the CRI names).
+    pub merge_image_groups: bool,
 }
 
 /// The runtime's directories, closed to the node's other users: the state
@@ -355,6 +360,7 @@ pub fn from_cri(
         readonly_paths: paths(&s.readonly_paths, &DEFAULT_READONLY, "readonly_paths")?,
         host_network,
         host_ipc,
+        merge_image_groups: s.supplemental_groups_policy() == cri::SupplementalGroupsPolicy::Merge,
     })
 }
 

@@ -46,6 +46,10 @@ pub struct Profile {
     rules: Vec<Rule>,
 }
 
+/// Per syscall number: the OR of its rules' conditions (`None`: matches
+/// always).
+type Chains = BTreeMap<i64, Option<Vec<SeccompRule>>>;
+
 /// Compiled BPF programs (instructions packed as `code | jt | jf | k`), in
 /// the order to install them.
 pub type Programs = Vec<Vec<u64>>;
@@ -274,9 +278,8 @@ impl Profile {
         };
         // Per action, per syscall: the OR of the rules' conditions (an
         // unconditional rule matches always).
-        let mut by_action: Vec<(SeccompAction, BTreeMap<i64, Option<Vec<SeccompRule>>>)> =
-            Vec::new();
-        let mut any: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
+        let mut by_action: Vec<(SeccompAction, Chains)> = Vec::new();
+        let mut any: Chains = BTreeMap::new();
         for rule in rules {
             let conditions = rule
                 .args
@@ -300,7 +303,7 @@ impl Profile {
                 }
             }
         }
-        let build = |map: BTreeMap<i64, Option<Vec<SeccompRule>>>,
+        let build = |map: Chains,
                      mismatch: SeccompAction,
                      on_match: SeccompAction|
          -> Result<Vec<u64>, String> {
@@ -333,10 +336,7 @@ impl Profile {
     }
 }
 
-fn entry<'a>(
-    list: &'a mut Vec<(SeccompAction, BTreeMap<i64, Option<Vec<SeccompRule>>>)>,
-    action: &SeccompAction,
-) -> &'a mut BTreeMap<i64, Option<Vec<SeccompRule>>> {
+fn entry<'a>(list: &'a mut Vec<(SeccompAction, Chains)>, action: &SeccompAction) -> &'a mut Chains {
     let i = match list.iter().position(|(a, _)| a == action) {
         Some(i) => i,
         None => {
