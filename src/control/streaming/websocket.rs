@@ -201,11 +201,7 @@ where
     tokio::spawn(async move {
         while let Some(Ok(message)) = source.next().await {
             match message {
-                Message::Binary(data) => {
-                    if ours_w.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(data) if ours_w.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
