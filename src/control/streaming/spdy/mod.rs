@@ -3,4 +3,5 @@
 //! server connection ([`conn`]). Nothing here knows what the streams carry.
 
 pub mod conn;
+mod dictionary;
 pub mod frame;
