@@ -714,7 +714,20 @@ async fn a_client_that_never_reads_gets_backpressure() {
         .unwrap();
     assert_eq!(text(&ok.stdout), "alive\n");
     assert_eq!(node.state(&id).await, cri::ContainerState::ContainerRunning);
+    // The client leaving ends the command (no orphan left writing).
     drop(ws);
+    let yes = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == b"yes\x000123456789abcdef0123456789abcdef\x00")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while yes() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!yes(), "the exec'd command outlived its client");
     node.remove_running_pod(&id).await;
 }
 

@@ -202,7 +202,21 @@ where
         io.resize = Some(rx);
         tokio::spawn(resizes(resize.data, tx));
     }
-    let result = run(&job, io).await;
+    // The client going away (the connection's reader ends, so no more
+    // streams can come) ends the command too: an exec'd process is killed
+    // with its helper, an attach lets go of the relay.
+    let gone = async {
+        while let Some(extra) = incoming.recv().await {
+            out.reset(extra.id, RST_PROTOCOL_ERROR).await;
+        }
+    };
+    let result = tokio::select! {
+        result = run(&job, io) => result,
+        () = gone => {
+            tracing::debug!("exec/attach: the client went away");
+            return;
+        }
+    };
     for sender in senders {
         let _ = sender.await;
     }

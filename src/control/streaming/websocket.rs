@@ -97,7 +97,7 @@ where
         io.resize = Some(rx);
         tokio::spawn(resizes(resize_rx, tx));
     }
-    let reader = tokio::spawn(async move {
+    let mut reader = tokio::spawn(async move {
         let mut stdin = options.stdin.then_some(stdin_tx);
         let mut resize = options.tty.then_some(resize_tx);
         while let Some(Ok(message)) = source.next().await {
@@ -152,7 +152,16 @@ where
             }));
         }
     }
-    let result = run(&job, io).await;
+    // The client going away ends the command too (see remotecommand).
+    let result = tokio::select! {
+        result = run(&job, io) => result,
+        _ = &mut reader => {
+            tracing::debug!("exec/attach: the WebSocket client went away");
+            drop(out_tx);
+            let _ = writer.await;
+            return;
+        }
+    };
     for pump in pumps {
         let _ = pump.await;
     }
