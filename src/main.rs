@@ -44,6 +44,9 @@ enum Command {
     /// Internal: runs one exec'd command inside a running container.
     #[command(hide = true)]
     ExecShim { request: String },
+    /// Internal: a container's attach relay, started by its shim.
+    #[command(hide = true)]
+    AttachRelay { fds: String },
 }
 
 #[derive(Args)]
@@ -295,6 +298,9 @@ fn main() -> std::process::ExitCode {
     if let Command::ExecShim { request } = &cli.command {
         return std::process::ExitCode::from(control::streaming::exec_shim::main(request) as u8);
     }
+    if let Command::AttachRelay { fds } = &cli.command {
+        return std::process::ExitCode::from(control::container::attach::relay_main(fds) as u8);
+    }
     // `call` exits with the call's grpc-status, so it returns its own code.
     let command = match cli.command {
         Command::Call(args) => {
@@ -320,7 +326,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
         Command::Config(cmd) => config_command(cmd),
-        Command::Shim { .. } | Command::ExecShim { .. } | Command::Call(_) => {
+        Command::Shim { .. }
+        | Command::ExecShim { .. }
+        | Command::AttachRelay { .. }
+        | Command::Call(_) => {
             unreachable!("handled in main")
         }
     }

@@ -16,11 +16,12 @@
 //! dropped past [`CLIENT_BUFFER`] and is disconnected; the container and the
 //! log never wait for a client.
 //!
-//! Single-threaded, poll(2) only. It must not start threads.
+//! The relay is forked by the shim and re-executed as `vimanad
+//! attach-relay` (hidden). Single-threaded, poll(2) only.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -144,22 +145,38 @@ pub fn start(
             .collect();
             close_others(&keep);
             let _ = nix::sys::signal::SigSet::all().thread_unblock();
-            let relay = Relay {
-                listener,
-                stdin: relay_in.filter(|_| spec.stdin || spec.tty),
+            // A process of its own (`vimanad attach-relay`, seen as such in
+            // ps), given its descriptors by number.
+            let fds = RelayFds {
+                listener: listener.as_raw_fd(),
+                stdin: relay_in
+                    .as_ref()
+                    .filter(|_| spec.stdin || spec.tty)
+                    .map(|f| f.as_raw_fd()),
+                outputs: [
+                    relay_out.as_ref().map(|f| f.as_raw_fd()),
+                    relay_err.as_ref().map(|f| f.as_raw_fd()),
+                ],
+                logs: [log_out.as_raw_fd(), log_err.as_raw_fd()],
                 stdin_open: spec.stdin,
                 stdin_once: spec.stdin_once,
                 tty: spec.tty,
-                outputs: [relay_out, relay_err],
-                logs: [log_out, log_err],
-                clients: Vec::new(),
-                pending_stdin: VecDeque::new(),
-                attached_once: false,
             };
-            relay.run();
-            let _ = std::fs::remove_file(&path);
-            // SAFETY: leave the forked relay without running the shim's code.
-            unsafe { libc::_exit(0) };
+            for fd in &keep {
+                let _ = nix::fcntl::fcntl(
+                    *fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                );
+            }
+            let args = [
+                c"vimanad".to_owned(),
+                c"attach-relay".to_owned(),
+                std::ffi::CString::new(serde_json::to_string(&fds).unwrap_or_default())
+                    .unwrap_or_default(),
+            ];
+            let _ = nix::unistd::execve(c"/proc/self/exe", &args, &[] as &[std::ffi::CString]);
+            // SAFETY: leave the forked child without running the shim's code.
+            unsafe { libc::_exit(127) };
         }
         ForkResult::Parent { .. } => {}
     }
@@ -182,6 +199,59 @@ fn close_others(keep: &[i32]) {
             unsafe { libc::close(fd) };
         }
     }
+}
+
+/// What `vimanad attach-relay` is given: its inherited descriptors.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RelayFds {
+    listener: i32,
+    stdin: Option<i32>,
+    outputs: [Option<i32>; 2],
+    logs: [i32; 2],
+    stdin_open: bool,
+    stdin_once: bool,
+    tty: bool,
+}
+
+/// `vimanad attach-relay FDS` (hidden): runs the relay until the
+/// container's output ends.
+pub fn relay_main(fds: &str) -> i32 {
+    let Ok(fds) = serde_json::from_str::<RelayFds>(fds) else {
+        eprintln!("vimanad attach-relay: bad arguments");
+        return 2;
+    };
+    // SAFETY: the shim's forked child passed these descriptors, open, to
+    // this process alone; each is owned once from here.
+    let own = |fd: i32| unsafe { OwnedFd::from_raw_fd(fd) };
+    let all = [
+        Some(fds.listener),
+        fds.stdin,
+        fds.outputs[0],
+        fds.outputs[1],
+    ]
+    .into_iter()
+    .flatten()
+    .chain(fds.logs);
+    for fd in all {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    let relay = Relay {
+        listener: UnixListener::from(own(fds.listener)),
+        stdin: fds.stdin.map(own),
+        stdin_open: fds.stdin_open,
+        stdin_once: fds.stdin_once,
+        tty: fds.tty,
+        outputs: [fds.outputs[0].map(own), fds.outputs[1].map(own)],
+        logs: [own(fds.logs[0]), own(fds.logs[1])],
+        clients: Vec::new(),
+        pending_stdin: VecDeque::new(),
+        attached_once: false,
+    };
+    relay.run();
+    0
 }
 
 fn set_cloexec(fd: &OwnedFd) {
