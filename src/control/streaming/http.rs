@@ -183,4 +183,28 @@ mod tests {
             Some(None)
         ));
     }
+
+    #[test]
+    fn random_heads_never_panic() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 300) as usize;
+            let mut bytes: Vec<u8> = b"GET /exec/x HTTP/1.1\r\nUpgrade: SPDY/3.1\r\n".to_vec();
+            let mut x = seed;
+            for _ in 0..len {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                bytes.push((x >> 56) as u8);
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Some(Some(head)) = parse(&mut buf) {
+                let _ = head.values("connection");
+                let _ = head.upgrades_to("websocket");
+            }
+        }
+    }
 }

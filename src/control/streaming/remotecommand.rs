@@ -243,3 +243,60 @@ async fn pump(mut rx: mpsc::Receiver<Bytes>, out: Writer, id: u32) {
     }
     out.fin(id).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_the_kubelets() {
+        let ok = Ok(Outcome::Exited {
+            code: 0,
+            signal: None,
+        });
+        assert_eq!(
+            String::from_utf8(status_json(&ok)).unwrap(),
+            r#"{"metadata":{},"status":"Success"}"#
+        );
+        let failed = Ok(Outcome::Exited {
+            code: 7,
+            signal: None,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&status_json(&failed)).unwrap();
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["reason"], "NonZeroExitCode");
+        assert_eq!(v["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(v["details"]["causes"][0]["message"], "7");
+        let missing = Ok(Outcome::Failed {
+            error: "exec: \"x\": executable file not found in $PATH".into(),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&status_json(&missing)).unwrap();
+        assert_eq!(v["reason"], "InternalError");
+        assert_eq!(v["code"], 500);
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found in $PATH"));
+        assert_eq!(status_text(&ok), None);
+        assert!(status_text(&failed).unwrap().contains("exit code 7"));
+    }
+
+    #[tokio::test]
+    async fn resize_messages_split_anywhere_and_garbage_ends_them() {
+        let (tx, rx) = mpsc::channel(8);
+        let (sizes_tx, mut sizes) = mpsc::channel(8);
+        let task = tokio::spawn(resizes(rx, sizes_tx));
+        for chunk in [
+            &br#"{"Width":80,"Hei"#[..],
+            br#"ght":24}{"Width":1"#,
+            br#"00,"Height":50}"#,
+        ] {
+            tx.send(Bytes::from_static(chunk)).await.unwrap();
+        }
+        assert_eq!(sizes.recv().await, Some((80, 24)));
+        assert_eq!(sizes.recv().await, Some((100, 50)));
+        tx.send(Bytes::from_static(b"}}not json")).await.unwrap();
+        task.await.unwrap();
+        assert_eq!(sizes.recv().await, None);
+    }
+}
