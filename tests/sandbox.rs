@@ -278,3 +278,75 @@ async fn log_path_escapes_are_refused() {
     assert!(err.message().contains("log"), "{err:?}");
     assert!(!outside.exists(), "the shim wrote through the symlink");
 }
+
+/// Beyond runc's default: a pod that asks for a user namespace (CRI
+/// UserNamespace mode POD, `hostUsers: false`, with the kubelet's maps) is
+/// root only inside it: on the node it is the mapped uid, and still serves.
+#[tokio::test]
+async fn a_user_namespace_pod_is_root_only_inside() {
+    let mut node = node_with(&[]).await;
+    let map = |host_id| cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    };
+    let userns = security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption {
+            userns_options: Some(cri::UserNamespace {
+                mode: cri::NamespaceMode::Pod as i32,
+                uids: vec![map(165536)],
+                gids: vec![map(165536)],
+            }),
+            ..Default::default()
+        })
+    });
+    let id = hostile_pod(&mut node, "userns", &[], userns).await;
+    let found = probes(&mut node, &id, "use_dev_null").await;
+    let status = &found["status"];
+    assert_eq!(status["Uid"], "0 0 0 0", "root inside: {status}");
+    assert_eq!(status["CapEff"], "00000000a80425fb", "{status}");
+    assert_refused(
+        &found,
+        &[
+            "mount_tmpfs",
+            "sethostname",
+            "mknod_block_tmp",
+            "open_by_handle_at",
+            "write_core_pattern",
+            "remount_proc_sys_rw",
+            "network",
+        ],
+    );
+    assert_allowed(&found, &["read_own_files", "write_writable_layer"]);
+    let pid = node.pid(&id).await;
+    let host = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = host.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("165536"), "{uid}");
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "165536", "65536"]
+    );
+    let (code, _, err) = vimanad_call(&node, "example.com", UNARY, &["--text", "userns"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.state(&id).await, cri::ContainerState::ContainerRunning);
+    node.remove_running_pod(&id).await;
+
+    // Maps that keep the node's root are refused.
+    let pod = run_pod(&mut node, "rootmap", |_| {}).await;
+    let rootmap = security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption {
+            userns_options: Some(cri::UserNamespace {
+                mode: cri::NamespaceMode::Pod as i32,
+                uids: vec![map(0)],
+                gids: vec![map(0)],
+            }),
+            ..Default::default()
+        })
+    });
+    let err = create(&mut node, &pod, hostile_config(&[], rootmap))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("userns_options"), "{err:?}");
+}

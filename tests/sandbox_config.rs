@@ -286,5 +286,41 @@ async fn the_runtimes_files_are_closed_to_other_users() {
         0,
         "log {log} is not world-readable"
     );
+    // As another user of the node: the spec (environment), the database and
+    // the image roots (setuid files) are out of reach.
+    use std::os::unix::process::CommandExt;
+    // The test's own root is 0700: open it, so only vimanad's modes guard.
+    std::fs::set_permissions(node.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ls = |target: &Path| {
+        std::process::Command::new("/bin/ls")
+            .arg("-la")
+            .arg(target)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        ls(node.root.path()).status.success(),
+        "the control: uid 65534 lists the test root"
+    );
+    let spec = state.join(format!("containers/{ordinal}/spec.json"));
+    for target in [
+        &spec,
+        &state.join("state.redb"),
+        &state.join("images/rootfs"),
+    ] {
+        let out = ls(target);
+        assert!(
+            !out.status.success(),
+            "uid 65534 reached {}",
+            target.display()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     node.remove_running_pod(&id).await;
 }

@@ -298,6 +298,78 @@ async fn exec_in_a_restricted_container_keeps_its_restrictions() {
     node.remove_running_pod(&pod).await;
 }
 
+/// A pod in its own user namespace: an exec'd command is in it too (root
+/// inside, the mapped uid on the node), never the node's root.
+#[tokio::test]
+async fn exec_in_a_user_namespace_pod_stays_in_it() {
+    let mut node = Node::start().await;
+    let pod = node.run_pod("userns", A).await;
+    let map = |host_id| cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    };
+    let mut config = common::container_config("component", &[]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: None,
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![map(165536)],
+                    gids: vec![map(165536)],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    let sandbox = node.sandbox_config(&pod).await;
+    node.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap();
+    node.start_container(&pod).await.unwrap();
+    let pid = node.pid(&pod).await;
+    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    let out = exec_sync(
+        &mut node,
+        &pod,
+        &[
+            "/bin/busybox",
+            "cat",
+            "/proc/self/uid_map",
+            "/proc/self/status",
+        ],
+        10,
+    )
+    .await
+    .unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(
+        shown
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "165536", "65536"],
+        "{shown} {}",
+        text(&out.stderr)
+    );
+    assert!(shown.contains("Uid:\t0\t0\t0\t0"), "{shown}");
+    let init = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caps = |s: &str| status_lines(s, &["CapEff", "CapBnd", "Seccomp", "NoNewPrivs"]);
+    assert_eq!(caps(&shown), caps(&init));
+    node.remove_running_pod(&pod).await;
+}
+
 #[tokio::test]
 async fn exec_sync_timeout_kills_the_command() {
     let mut node = Node::start().await;

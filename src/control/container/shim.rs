@@ -83,6 +83,12 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
     // the PID namespace exists), which feeds the log pipes.
     let stdio = super::attach::start(spec, &out_w, &err_w)?;
     let (fail_r, fail_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The user namespace handshake: the child says it has unshared, the
+    // shim (root in the node's namespace) writes its id maps and answers.
+    let (userns_r, userns_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (mapped_r, mapped_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     // Blocked before the fork so no SIGCHLD can slip by unseen; the child
     // unblocks them before exec.
@@ -108,8 +114,12 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
     // the child may allocate and run ordinary code until exec.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_r, err_r, fail_r));
-            let error = match container_init(spec, &stdio) {
+            drop((out_r, err_r, fail_r, userns_r, mapped_w));
+            let handshake = Handshake {
+                unshared: fs::File::from(userns_w),
+                mapped: fs::File::from(mapped_r),
+            };
+            let error = match container_init(spec, &stdio, handshake) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -120,7 +130,24 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop((out_w, err_w, fail_w, stdio));
+    drop((out_w, err_w, fail_w, userns_w, mapped_r, stdio));
+    if let Some(maps) = &spec.sandbox.user_namespace {
+        let mut byte = [0u8; 1];
+        // EOF instead: the child failed before; the fail pipe says why.
+        if fs::File::from(userns_r).read(&mut byte).unwrap_or(0) == 1 {
+            let (uids, gids) = maps.files();
+            let written = fs::write(format!("/proc/{child}/uid_map"), uids)
+                .and_then(|()| fs::write(format!("/proc/{child}/gid_map"), gids));
+            if let Err(e) = written {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(format!("write the user namespace's id maps: {e}"));
+            }
+            let _ = fs::File::from(mapped_w).write_all(b"m");
+        }
+    } else {
+        drop((userns_r, mapped_w));
+    }
 
     let mut failure = String::new();
     let _ = fs::File::from(fail_r).read_to_string(&mut failure);
@@ -260,9 +287,16 @@ fn detach_stdout() {
 
 /// In the forked child, PID 1 of the new namespace: build the root
 /// filesystem, drop into it and exec. Returns only on failure, with why.
+/// The child's ends of the user namespace handshake.
+struct Handshake {
+    unshared: fs::File,
+    mapped: fs::File,
+}
+
 fn container_init(
     spec: &LaunchSpec,
     stdio: &super::attach::ContainerSide,
+    mut handshake: Handshake,
 ) -> Result<std::convert::Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("set parent-death signal: {e}"))?;
@@ -292,6 +326,22 @@ fn container_init(
     let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
     fs::create_dir_all(cwd).map_err(|e| format!("create working directory {cwd}: {e}"))?;
     nix::unistd::chdir(cwd).map_err(|e| format!("enter working directory {cwd}: {e}"))?;
+
+    // Last of the namespaces: every other one stays owned by the node's
+    // user namespace, so the container's root (a node uid of the kubelet's
+    // range) holds capabilities over nothing but its own user namespace.
+    if spec.sandbox.user_namespace.is_some() {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("create user namespace: {e}"))?;
+        handshake
+            .unshared
+            .write_all(b"u")
+            .map_err(|e| format!("user namespace handshake: {e}"))?;
+        let mut byte = [0u8; 1];
+        if handshake.mapped.read(&mut byte).unwrap_or(0) != 1 {
+            return Err("the shim did not map the user namespace".into());
+        }
+    }
+    drop(handshake);
 
     // runc's order: without no_new_privs the filter must go in while the
     // init still holds CAP_SYS_ADMIN; with it, last before exec.

@@ -126,7 +126,15 @@ impl Runtime {
             )));
         }
         let _ = std::fs::remove_file(&socket);
-        if let (Some(uid), Some(gid)) = (spec.uid, spec.gid.or(Some(0))) {
+        // The component's user owns its socket directory (in a user
+        // namespace: the node's ids its own map to).
+        let owner = match &spec.sandbox.user_namespace {
+            Some(maps) => maps
+                .host_uid(spec.uid.unwrap_or(0))
+                .zip(maps.host_gid(spec.gid.unwrap_or(0))),
+            None => spec.uid.zip(spec.gid.or(Some(0))),
+        };
+        if let Some((uid, gid)) = owner {
             let _ = nix::unistd::chown(
                 &spec.socket_dir,
                 Some(nix::unistd::Uid::from_raw(uid)),

@@ -7,7 +7,8 @@
 //! is never entered), joins the container's cgroups, enters all its
 //! namespaces at once (`setns(pidfd, ...)`: mount, PID, IPC, UTS, network,
 //! cgroup; the mount namespace brings the container's root), and forks the
-//! command, which takes the container's working directory, environment,
+//! command, which enters the container's user namespace if it has one (last,
+//! as the shim creates it), and takes the container's working directory, environment,
 //! user and groups, and the same capabilities, seccomp filter and
 //! no_new_privs as the container, through the sandbox's own functions
 //! (`container::security`), in the shim's order. The command's stdio is
@@ -107,7 +108,7 @@ fn run(request: &Request) -> Result<Outcome, String> {
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(fail_r);
-            let error = match command(&spec, request) {
+            let error = match command(&spec, request, &pidfd) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -165,7 +166,22 @@ fn open_container(pid: i32, start: u64) -> Result<OwnedFd, String> {
 
 /// In the forked child (already in the container's namespaces): becomes
 /// the command. Returns only on failure, with why.
-fn command(spec: &LaunchSpec, request: &Request) -> Result<std::convert::Infallible, String> {
+fn command(
+    spec: &LaunchSpec,
+    request: &Request,
+    pidfd: &OwnedFd,
+) -> Result<std::convert::Infallible, String> {
+    // The container's user namespace, when it has one, last: its other
+    // namespaces are owned by the node's, as the shim made them.
+    if spec.sandbox.user_namespace.is_some() {
+        // SAFETY: setns on a pidfd this process owns; single-threaded.
+        if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
+            return Err(format!(
+                "enter the container's user namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if request.tty {
         // SAFETY: fd 0 is the pty's slave end, set up by vimanad.

@@ -43,6 +43,9 @@ pub struct Sandbox {
     /// (SupplementalGroupsPolicy Merge, the default; Strict: only those
     /// the CRI names).
     pub merge_image_groups: bool,
+    /// A user namespace with these maps (CRI UserNamespace mode POD), or
+    /// the node's.
+    pub user_namespace: Option<IdMappings>,
 }
 
 /// The runtime's directories, closed to the node's other users: the state
@@ -231,11 +234,15 @@ fn apparmor(
     Ok(())
 }
 
-/// (host network, host IPC), or the mode that cannot be honoured.
-fn namespaces(field: &str, options: Option<&cri::NamespaceOption>) -> Result<(bool, bool), String> {
+/// (host network, host IPC, user namespace), or the mode that cannot be
+/// honoured.
+fn namespaces(
+    field: &str,
+    options: Option<&cri::NamespaceOption>,
+) -> Result<(bool, bool, Option<IdMappings>), String> {
     use cri::NamespaceMode;
     let Some(o) = options else {
-        return Ok((false, false));
+        return Ok((false, false, None));
     };
     match o.pid() {
         NamespaceMode::Pod | NamespaceMode::Container => {}
@@ -266,18 +273,85 @@ fn namespaces(field: &str, options: Option<&cri::NamespaceOption>) -> Result<(bo
             ))
         }
     };
-    if let Some(u) = o.userns_options.as_ref() {
-        if u.mode() != NamespaceMode::Node {
-            return Err(invalid(
-                &format!("{field}.userns_options"),
-                format!(
-                    "user namespaces ({}) are not supported yet",
-                    u.mode().as_str_name()
-                ),
-            ));
+    let userns = match o.userns_options.as_ref() {
+        None => None,
+        Some(u) => match u.mode() {
+            NamespaceMode::Node => None,
+            NamespaceMode::Pod => Some(
+                IdMappings::from_cri(u)
+                    .map_err(|e| invalid(&format!("{field}.userns_options"), e))?,
+            ),
+            other => {
+                return Err(invalid(
+                    &format!("{field}.userns_options"),
+                    format!("{} is not supported (POD or NODE)", other.as_str_name()),
+                ))
+            }
+        },
+    };
+    Ok((host_network, host_ipc, userns))
+}
+
+/// A user namespace's id maps, as the kubelet sends them (container id,
+/// host id, length).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMappings {
+    pub uids: Vec<(u32, u32, u32)>,
+    pub gids: Vec<(u32, u32, u32)>,
+}
+
+impl IdMappings {
+    fn from_cri(u: &cri::UserNamespace) -> Result<Self, String> {
+        let list = |maps: &[cri::IdMapping], what: &str| -> Result<Vec<(u32, u32, u32)>, String> {
+            if maps.is_empty() || maps.len() > 340 {
+                return Err(format!("mode POD needs 1 to 340 {what} mappings"));
+            }
+            maps.iter()
+                .map(|m| {
+                    let ok = m.length > 0
+                        && m.container_id.checked_add(m.length).is_some()
+                        && m.host_id.checked_add(m.length).is_some();
+                    ok.then_some((m.container_id, m.host_id, m.length))
+                        .ok_or_else(|| format!("{what} mapping {m:?} is empty or overflows"))
+                })
+                .collect()
+        };
+        let mappings = IdMappings {
+            uids: list(&u.uids, "uid")?,
+            gids: list(&u.gids, "gid")?,
+        };
+        // The point of a user namespace: the container's root is not the
+        // node's.
+        if mappings.host_uid(0) == Some(0) || mappings.host_gid(0) == Some(0) {
+            return Err("mappings that make the container's root the node's root".into());
         }
+        Ok(mappings)
     }
-    Ok((host_network, host_ipc))
+
+    fn map(list: &[(u32, u32, u32)], id: u32) -> Option<u32> {
+        list.iter()
+            .find(|(c, _, l)| id >= *c && id - c < *l)
+            .map(|(c, h, _)| h + (id - c))
+    }
+
+    /// The node's uid for the container's `uid`.
+    pub fn host_uid(&self, uid: u32) -> Option<u32> {
+        Self::map(&self.uids, uid)
+    }
+
+    pub fn host_gid(&self, gid: u32) -> Option<u32> {
+        Self::map(&self.gids, gid)
+    }
+
+    /// `/proc/PID/uid_map` and `gid_map` contents.
+    pub fn files(&self) -> (String, String) {
+        let text = |l: &[(u32, u32, u32)]| {
+            l.iter()
+                .map(|(c, h, n)| format!("{c} {h} {n}\n"))
+                .collect::<String>()
+        };
+        (text(&self.uids), text(&self.gids))
+    }
 }
 
 /// The sandbox for one container, from the pod's and the container's
@@ -311,7 +385,7 @@ pub fn from_cri(
     #[allow(deprecated)]
     let legacy_apparmor = s.apparmor_profile.as_str();
     apparmor(&f("apparmor"), s.apparmor.as_ref(), legacy_apparmor)?;
-    let (host_network, host_ipc) = match s.namespace_options.as_ref() {
+    let (host_network, host_ipc, user_namespace) = match s.namespace_options.as_ref() {
         Some(o) => namespaces(&f("namespace_options"), Some(o))?,
         None => namespaces(
             "linux.security_context.namespace_options",
@@ -361,6 +435,7 @@ pub fn from_cri(
         host_network,
         host_ipc,
         merge_image_groups: s.supplemental_groups_policy() == cri::SupplementalGroupsPolicy::Merge,
+        user_namespace,
     })
 }
 
