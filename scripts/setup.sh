@@ -11,6 +11,7 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
+    busybox-static    # shell commands the streaming tests exec inside containers
     containerd        # the sandbox tests run the hostile image under runc too
     runc              #   (tests/sandbox_runc.rs) to compare
 )

@@ -41,6 +41,12 @@ enum Command {
     /// Internal: the per-container shim started by `serve`.
     #[command(hide = true)]
     Shim { spec: PathBuf },
+    /// Internal: runs one exec'd command inside a running container.
+    #[command(hide = true)]
+    ExecShim { request: String },
+    /// Internal: a container's attach relay, started by its shim.
+    #[command(hide = true)]
+    AttachRelay { fds: String },
 }
 
 #[derive(Args)]
@@ -76,6 +82,10 @@ struct ServeArgs {
         default_value = "/run/vimanad/vimanad.sock"
     )]
     cri_socket: PathBuf,
+    /// The CRI streaming server (exec, attach, port-forward): the TCP
+    /// address it listens on and its URLs point at; port 0 picks a free one.
+    #[arg(long, env = "VIMANAD_STREAM_ADDRESS", default_value = "127.0.0.1:0")]
+    stream_address: std::net::SocketAddr,
     /// How long StartContainer waits for a component to serve gRPC.
     #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
     start_timeout: Duration,
@@ -284,6 +294,13 @@ fn main() -> std::process::ExitCode {
     if let Command::Shim { spec } = &cli.command {
         return std::process::ExitCode::from(control::container::shim::main(spec) as u8);
     }
+    // Same for the exec helper: it setns's into a container and forks.
+    if let Command::ExecShim { request } = &cli.command {
+        return std::process::ExitCode::from(control::streaming::exec_shim::main(request) as u8);
+    }
+    if let Command::AttachRelay { fds } = &cli.command {
+        return std::process::ExitCode::from(control::container::attach::relay_main(fds) as u8);
+    }
     // `call` exits with the call's grpc-status, so it returns its own code.
     let command = match cli.command {
         Command::Call(args) => {
@@ -309,7 +326,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
         Command::Config(cmd) => config_command(cmd),
-        Command::Shim { .. } | Command::Call(_) => unreachable!("handled in main"),
+        Command::Shim { .. }
+        | Command::ExecShim { .. }
+        | Command::AttachRelay { .. }
+        | Command::Call(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -379,6 +401,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state_dir: args.state.state_dir,
         run_dir: args.run_dir,
         cri_socket: args.cri_socket,
+        stream_address: args.stream_address,
         start_timeout: args.start_timeout,
         pod_ip: args.pod_ip.unwrap_or_else(detect_node_ip),
         runtime_handler: args.runtime_handler,

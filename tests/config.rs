@@ -51,6 +51,9 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "idle-timeout" => ("\"45s\"", "45s"),
         "drain-timeout" => ("\"3s\"", "3s"),
         "cgroup-parent" => ("\"vimanad-cfg\"", "vimanad-cfg"),
+        "stream-address" => ("\"127.0.0.1:10010\"", "127.0.0.1:10010"),
+        "seccomp-profile-root" => ("\"/tmp/vimanad-cfg/seccomp\"", "/tmp/vimanad-cfg/seccomp"),
+        "pids-limit" => ("77", "77"),
         "log-format" => ("\"json\"", "json"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
         _ => return None,
@@ -108,7 +111,8 @@ fn the_default_file_is_valid_toml_that_changes_nothing() {
     let uncommented: String = text
         .lines()
         .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| l.contains(" = ") && !l.contains("(no default)"))
+        .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+        .filter(|l| !l.contains("(no default)"))
         .filter(|l| !l.starts_with("insecure-registry"))
         .map(|l| format!("{l}\n"))
         .collect();

@@ -14,6 +14,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+pub mod streaming;
 mod transaction;
 
 use std::future::Future;
@@ -44,7 +45,8 @@ pub async fn serve(
         // Benchmarks only: see `Runtime::republish_every`.
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
     }
-    let cri = cri::Cri::new(Arc::clone(&runtime));
+    let streaming = streaming::Server::start(Arc::clone(&runtime)).await?;
+    let cri = cri::Cri::new(Arc::clone(&runtime), streaming);
     tracing::info!(socket = %socket.display(), "serving CRI");
     // Every client is served whatever `:authority` it sends (authority.rs).
     let incoming = tokio_stream::StreamExt::map(

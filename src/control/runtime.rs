@@ -26,6 +26,8 @@ pub struct Config {
     /// Volatile state: pod socket directories.
     pub run_dir: PathBuf,
     pub cri_socket: PathBuf,
+    /// Where the CRI streaming server listens (port 0: any free port).
+    pub stream_address: std::net::SocketAddr,
     /// How long StartContainer waits for a component to become ready.
     pub start_timeout: Duration,
     /// The IP reported for every pod: the node's data-plane address.

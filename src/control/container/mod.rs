@@ -6,6 +6,7 @@
 //! CRI messages or of the pod lifecycle; `control::cri` decides when to call
 //! what.
 
+pub mod attach;
 pub mod cgroup;
 pub mod logs;
 pub mod process;

@@ -36,6 +36,15 @@ pub struct LaunchSpec {
     /// cgroup directories the container process joins before exec.
     pub cgroups: Vec<PathBuf>,
     pub exit_file: PathBuf,
+    /// The container's stdin is open for attached clients (CRI `stdin`),
+    /// closed after the first one detaches (`stdin_once`); `tty`: its
+    /// stdio is a pty.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
     /// Capabilities, seccomp, masked paths, namespaces (`security`).
     pub sandbox: Sandbox,
 }

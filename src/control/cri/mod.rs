@@ -32,11 +32,12 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Clone)]
 pub struct Cri {
     runtime: Arc<Runtime>,
+    streaming: Arc<super::streaming::Server>,
 }
 
 impl Cri {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<super::streaming::Server>) -> Self {
+        Self { runtime, streaming }
     }
 }
 
@@ -50,9 +51,6 @@ fn unsupported<T>(what: &str) -> Reply<T> {
 fn refused<T>(what: &str, why: &str) -> Reply<T> {
     Err(Status::unimplemented(format!("{what}: {why}")))
 }
-
-/// Exec, ExecSync, Attach and PortForward.
-const NO_STREAMING: &str = "vimanad has no CRI streaming server yet (exec, attach and port-forward into components are not implemented)";
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -189,23 +187,27 @@ impl RuntimeService for Cri {
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        refused("ExecSync", NO_STREAMING)
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        Ok(Response::new(
+            self.streaming.exec_sync(req.into_inner()).await?,
+        ))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        refused("Exec", NO_STREAMING)
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        Ok(Response::new(self.streaming.exec(req.into_inner())?))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        refused("Attach", NO_STREAMING)
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        Ok(Response::new(self.streaming.attach(req.into_inner())?))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        refused("PortForward", NO_STREAMING)
+        Ok(Response::new(
+            self.streaming.port_forward(req.into_inner())?,
+        ))
     }
 
     async fn container_stats(

@@ -14,7 +14,7 @@ use crate::control::container::{
     self, cgroup, log_tail, security, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
     SOCKET_DIR_IN_CONTAINER, SOCKET_NAME,
 };
-use crate::control::image::{Image, ImageConfig};
+use crate::control::image::Image;
 use crate::control::lifecycle::{step, Call, Lifecycle, Step};
 use crate::control::runtime::{local_name, Runtime};
 use crate::control::state::{now_nanos, ContainerId, ContainerPhase};
@@ -147,16 +147,7 @@ impl Runtime {
             cgroups: cgroups.clone(),
             log_path: inputs.log_path.clone(),
         };
-        let spec = launch_spec(
-            cid,
-            &inputs.sandbox,
-            &inputs.config,
-            &inputs.image.config,
-            &inputs.socket_dir,
-            &inputs.dir,
-            placement,
-            &self.config.seccomp_profile_root,
-        )?;
+        let spec = launch_spec(cid, inputs, placement, &self.config.seccomp_profile_root)?;
         // The component's user owns its socket directory (in a user
         // namespace: the node's ids its own map to).
         let owner = match &spec.sandbox.user_namespace {
@@ -355,14 +346,12 @@ impl Runtime {
 /// replaces the image entrypoint (and drops its cmd); CRI args replace cmd.
 fn launch_spec(
     id: &ContainerId,
-    sandbox: &cri::PodSandboxConfig,
-    config: &cri::ContainerConfig,
-    image: &ImageConfig,
-    socket_dir: &Path,
-    dir: &Path,
+    inputs: &Inputs,
     placement: Placement,
     seccomp_profile_root: &Path,
 ) -> Result<LaunchSpec, Error> {
+    let (sandbox, config, image) = (&inputs.sandbox, &inputs.config, &inputs.image.config);
+    let (socket_dir, dir) = (inputs.socket_dir.as_path(), inputs.dir.as_path());
     let pod_sandbox = security::from_cri(sandbox, config, seccomp_profile_root)
         .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
     let mut args = if config.command.is_empty() {
@@ -451,6 +440,9 @@ fn launch_spec(
         log_path: placement.log_path,
         cgroups: placement.cgroups,
         exit_file: dir.join("exit.json"),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
         sandbox: pod_sandbox,
     })
 }
