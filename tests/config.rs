@@ -51,6 +51,8 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "idle-timeout" => ("\"45s\"", "45s"),
         "drain-timeout" => ("\"3s\"", "3s"),
         "cgroup-parent" => ("\"vimanad-cfg\"", "vimanad-cfg"),
+        "seccomp-profile-root" => ("\"/tmp/vimanad-cfg/seccomp\"", "/tmp/vimanad-cfg/seccomp"),
+        "pids-limit" => ("512", "512"),
         "log-format" => ("\"json\"", "json"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
         _ => return None,
@@ -108,7 +110,11 @@ fn the_default_file_is_valid_toml_that_changes_nothing() {
     let uncommented: String = text
         .lines()
         .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| l.contains(" = ") && !l.contains("(no default)"))
+        .filter(|l| {
+            l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            }) && !l.contains("(no default)")
+        })
         .filter(|l| !l.starts_with("insecure-registry"))
         .map(|l| format!("{l}\n"))
         .collect();
