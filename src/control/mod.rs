@@ -13,6 +13,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod stats;
 
 use std::future::Future;
 use std::path::Path;

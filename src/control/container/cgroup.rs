@@ -36,7 +36,8 @@ pub enum Hierarchy {
     None,
 }
 
-const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
+// cpuacct: the CPU usage stats read (`control::stats`).
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "cpuset", "memory", "pids"];
 
 impl Hierarchy {
     /// Reads /proc/self/mountinfo. A v2 mount with controllers wins (the
