@@ -11,6 +11,7 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
+    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

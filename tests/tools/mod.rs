@@ -78,3 +78,5 @@ pub fn u64_at(v: &serde_json::Value, pointer: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+pub mod image;

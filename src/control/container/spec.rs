@@ -34,6 +34,9 @@ pub struct LaunchSpec {
     /// cgroup directories the container process joins before exec.
     pub cgroups: Vec<PathBuf>,
     pub exit_file: PathBuf,
+    /// CRI mounts, bound into the root by the shim (`container::mounts`).
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::BindMount>,
 }
 
 /// Where the per-pod socket directory appears inside a container.

@@ -51,6 +51,8 @@ impl Runtime {
             )
         };
         labels::check_container_labels(&config.labels, &pod_labels)?;
+        crate::control::container::mounts::validate(&config)
+            .map_err(|e| Error::InvalidArgument(format!("pod {id}: {e}")))?;
         match step(lifecycle, Call::CreateContainer, present) {
             Step::Go => {}
             Step::SameOrConflict => {

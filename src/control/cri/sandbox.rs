@@ -30,6 +30,8 @@ impl Runtime {
             )));
         }
         let component = labels::component_of_pod(&config.labels)?;
+        crate::control::container::mounts::validate_sandbox(&config)
+            .map_err(Error::InvalidArgument)?;
         let key = SandboxKey::of(metadata);
 
         let mut store = self.store();

@@ -366,6 +366,8 @@ fn launch_spec(
         log_path: None,
         cgroups: Vec::new(),
         exit_file: dir.join("exit.json"),
+        mounts: container::mounts::validate(config)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?,
     })
 }
 
