@@ -252,6 +252,31 @@ async fn crictl_metrics_and_imagefsinfo() {
         ["component", &a, common::IMAGE, &a, "default", "metrics-a"]
     );
 
+    let value_of = |name: &str| {
+        samples
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| u64_at(m, "/value"))
+            .unwrap_or_else(|| panic!("no {name} in {container}"))
+    };
+    assert_eq!(value_of("container_processes"), 1, "the component alone");
+    assert!(value_of("container_threads") >= 1);
+    // The component's socket listener (and its epoll and pipes).
+    assert!(value_of("container_sockets") >= 1);
+    assert!(value_of("container_file_descriptors") >= value_of("container_sockets"));
+    assert!(value_of("container_fs_limit_bytes") > value_of("container_fs_usage_bytes"));
+    assert!(value_of("container_fs_inodes_total") >= value_of("container_fs_inodes_free"));
+    assert!(value_of("container_start_time_seconds") > 1_700_000_000);
+    // The pod's own metrics: the sums, with an empty container label.
+    let pod_ws = pod["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "container_memory_working_set_bytes")
+        .unwrap_or_else(|| panic!("{pod}"));
+    assert_eq!(pod_ws["labelValues"][0], "");
+    assert!(u64_at(pod_ws, "/value").unwrap() > 0);
+
     let fs = crictl_json(&crictl_bin, &socket, &["imagefsinfo", "-o", "json"]);
     let image_fs = &fs["status"]["imageFilesystems"][0];
     assert!(u64_at(image_fs, "/usedBytes").unwrap() > 1 << 20, "{fs}");

@@ -36,8 +36,8 @@ pub enum Hierarchy {
     None,
 }
 
-// cpuacct: the CPU usage stats read (`control::stats`).
-const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "cpuset", "memory", "pids"];
+// cpuacct and blkio: the CPU and I/O usage stats read (`control::stats`).
+const V1_CONTROLLERS: [&str; 6] = ["blkio", "cpu", "cpuacct", "cpuset", "memory", "pids"];
 
 impl Hierarchy {
     /// Reads /proc/self/mountinfo. A v2 mount with controllers wins (the
@@ -119,7 +119,7 @@ impl Hierarchy {
             Hierarchy::V2 { root, controllers } => {
                 let parent = root.join(parent);
                 fs::create_dir_all(&parent)?;
-                let wanted: Vec<String> = ["cpu", "cpuset", "memory", "pids"]
+                let wanted: Vec<String> = ["cpu", "cpuset", "io", "memory", "pids"]
                     .iter()
                     .filter(|c| controllers.iter().any(|have| have == *c))
                     .map(|c| format!("+{c}"))
