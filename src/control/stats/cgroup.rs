@@ -148,9 +148,11 @@ impl Sample {
     }
 }
 
-/// The most file descriptors counted per container (a tenant can open
-/// many; counting them is a readdir per process).
+/// The most file descriptors, and processes, whose descriptors are
+/// counted per container (a tenant can open and fork many; counting is a
+/// readdir per process and a readlink per descriptor).
 const MAX_FDS: u64 = 1 << 16;
+const MAX_FD_PROCESSES: usize = 4096;
 
 /// Reads the container's cgroup directories. A file that is missing (a
 /// controller this node lacks, a cgroup already removed) leaves its part
@@ -261,10 +263,10 @@ pub fn read(dirs: &[PathBuf], timestamp: i64) -> Sample {
 }
 
 /// Open descriptors and sockets of `pids`, read from /proc/PID/fd without
-/// following any link; bounded by [`MAX_FDS`].
+/// following any link; bounded by [`MAX_FDS`] and [`MAX_FD_PROCESSES`].
 fn count_fds(pids: &[i32]) -> (u64, u64) {
     let (mut fds, mut sockets) = (0u64, 0u64);
-    'pids: for pid in pids {
+    'pids: for pid in pids.iter().take(MAX_FD_PROCESSES) {
         let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };

@@ -142,8 +142,9 @@ fn prune(pods: &[PodTarget]) {
         .flat_map(|p| p.containers.iter().map(|c| c.upper.as_path()))
         .collect();
     let now = Instant::now();
-    lock(&memory().layers)
-        .retain(|k, (at, _)| uppers.contains(k.as_path()) || now - *at < LAYER_CACHE_TTL);
+    lock(&memory().layers).retain(|k, (at, _)| {
+        uppers.contains(k.as_path()) || now.saturating_duration_since(*at) < LAYER_CACHE_TTL
+    });
 }
 
 fn pod_key(id: &str) -> String {
