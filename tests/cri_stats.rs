@@ -290,3 +290,54 @@ async fn crictl_metrics_and_imagefsinfo() {
 
     node.remove_running_pod(&a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answer_at_once_while_a_start_is_in_flight() {
+    let mut node = Node::start().await;
+    let pod = node.run_pod("slow-start", COMPONENT).await;
+    let id = node
+        .create(&pod, "component", &[("EXAMPLE_STARTUP_DELAY_MS", "3000")])
+        .await
+        .unwrap();
+    let mut starter = node.runtime.clone();
+    let start = tokio::spawn({
+        let id = id.clone();
+        async move {
+            starter
+                .start_container(cri::StartContainerRequest { container_id: id })
+                .await
+        }
+    });
+    // StartContainer holds the pod's operation lock while it waits for the
+    // component; the stats calls must not wait for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!start.is_finished(), "the start was not slow");
+    let t = std::time::Instant::now();
+    let list = node
+        .runtime
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let pods = node
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let one = node
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let elapsed = t.elapsed();
+    assert!(!start.is_finished(), "the stats calls waited for the start");
+    assert!(elapsed < Duration::from_secs(1), "stats took {elapsed:?}");
+    assert_eq!(list.stats.len(), 1);
+    assert_eq!(pods.stats.len(), 1);
+    assert!(one.into_inner().stats.is_some());
+    start.await.unwrap().unwrap();
+    node.remove_running_pod(&pod).await;
+}
