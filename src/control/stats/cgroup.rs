@@ -9,6 +9,9 @@
 use std::fs;
 use std::path::PathBuf;
 
+pub use super::blkio::DeviceIo;
+use super::blkio::{parse_v1_blkio, parse_v2_io};
+
 /// What the kernel counts for one cgroup (or the sum over a pod's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sample {
@@ -60,16 +63,6 @@ pub struct Memory {
     pub major_page_faults: u64,
     /// The limit, if one is set.
     pub limit: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceIo {
-    pub major: u32,
-    pub minor: u32,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub reads: u64,
-    pub writes: u64,
 }
 
 /// Limits, as cAdvisor's `container_spec_*` report them (0 = none).
@@ -389,71 +382,6 @@ pub fn parse_v1_memory(usage: u64, stat: &str, limit: Option<&str>) -> Memory {
     }
 }
 
-fn device(io: &mut Vec<DeviceIo>, dev: &str) -> Option<usize> {
-    let (major, minor) = dev.split_once(':')?;
-    let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
-    if let Some(i) = io.iter().position(|d| (d.major, d.minor) == (major, minor)) {
-        return Some(i);
-    }
-    io.push(DeviceIo {
-        major,
-        minor,
-        ..Default::default()
-    });
-    Some(io.len() - 1)
-}
-
-/// cgroup v2 `io.stat`: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=..`.
-pub fn parse_v2_io(stat: &str) -> Vec<DeviceIo> {
-    let mut io = Vec::new();
-    for line in stat.lines() {
-        let mut parts = line.split_whitespace();
-        let Some(i) = parts.next().and_then(|d| device(&mut io, d)) else {
-            continue;
-        };
-        for kv in parts {
-            let Some((k, v)) = kv.split_once('=') else {
-                continue;
-            };
-            let v: u64 = v.parse().unwrap_or(0);
-            match k {
-                "rbytes" => io[i].read_bytes = v,
-                "wbytes" => io[i].write_bytes = v,
-                "rios" => io[i].reads = v,
-                "wios" => io[i].writes = v,
-                _ => {}
-            }
-        }
-    }
-    io
-}
-
-/// cgroup v1 `blkio.throttle.io_service_bytes` and `io_serviced`:
-/// `MAJ:MIN Read N` lines (and `Total`).
-pub fn parse_v1_blkio(bytes: &str, serviced: &str) -> Vec<DeviceIo> {
-    let mut io = Vec::new();
-    for (text, is_bytes) in [(bytes, true), (serviced, false)] {
-        for line in text.lines() {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            let [dev, op, value] = parts[..] else {
-                continue;
-            };
-            let Some(i) = device(&mut io, dev) else {
-                continue;
-            };
-            let v: u64 = value.parse().unwrap_or(0);
-            match (op, is_bytes) {
-                ("Read", true) => io[i].read_bytes = v,
-                ("Write", true) => io[i].write_bytes = v,
-                ("Read", false) => io[i].reads = v,
-                ("Write", false) => io[i].writes = v,
-                _ => {}
-            }
-        }
-    }
-    io
-}
-
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf reads a constant of the C library.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -555,31 +483,6 @@ mod tests {
             (2_500_000_000, 500_000_000)
         );
         assert_eq!(parse_v1_cpuacct_stat("garbage", 100), (0, 0));
-    }
-
-    #[test]
-    fn parses_block_io_of_both_versions() {
-        let v2 = parse_v2_io(
-            "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n\
-             253:1 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n",
-        );
-        assert_eq!(v2.len(), 2);
-        assert_eq!(
-            v2[0],
-            DeviceIo {
-                major: 8,
-                minor: 0,
-                read_bytes: 4096,
-                write_bytes: 8192,
-                reads: 1,
-                writes: 2
-            }
-        );
-        let v1 = parse_v1_blkio(
-            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
-            "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n",
-        );
-        assert_eq!(v1, vec![v2[0].clone()]);
     }
 
     #[test]

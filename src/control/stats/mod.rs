@@ -11,6 +11,7 @@
 //! sample per container (for nano-cores) and a short-lived cache of layer
 //! walks; it writes nothing to disk and changes no pod.
 
+mod blkio;
 mod cgroup;
 mod fs;
 mod metrics;
