@@ -48,7 +48,7 @@ pub fn usage_bounded(root: &Path, max_entries: u64, max_depth: usize) -> std::io
         max_depth,
         seen: HashSet::new(),
         usage: Usage {
-            bytes: top.st_blocks as u64 * 512,
+            bytes: (top.st_blocks as u64).saturating_mul(512),
             inodes: 1,
             truncated: false,
         },
@@ -94,7 +94,10 @@ impl Walk {
             if st.st_nlink > 1 && !self.seen.insert(st.st_ino) {
                 continue;
             }
-            self.usage.bytes += st.st_blocks as u64 * 512;
+            self.usage.bytes = self
+                .usage
+                .bytes
+                .saturating_add((st.st_blocks as u64).saturating_mul(512));
             self.usage.inodes += 1;
             let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
             if !is_dir {
