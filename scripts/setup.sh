@@ -13,6 +13,7 @@ packages=(
     file              # checks that the example component is static
     containerd        # the sandbox tests run the hostile image under runc too
     runc              #   (tests/sandbox_runc.rs) to compare
+    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -14,6 +14,7 @@ mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod stats;
 mod transaction;
 
 use std::future::Future;

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod logs;
+pub mod mounts;
 pub mod process;
 mod ready;
 pub mod security;

@@ -446,6 +446,8 @@ fn launch_spec(
         cgroups: placement.cgroups,
         exit_file: dir.join("exit.json"),
         sandbox: pod_sandbox,
+        mounts: container::mounts::validate(config)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?,
     })
 }
 
