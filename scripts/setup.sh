@@ -11,6 +11,7 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
+    prometheus        # a real scraper of /metrics (and promtool) in the tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node runtime: CRI on a Unix socket.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Manage the local image store.
     #[command(subcommand)]
@@ -127,6 +128,11 @@ struct ServeArgs {
     /// HTTP; repeatable. Every other registry, loopback included, is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// The operator's endpoint (HTTP): /metrics (Prometheus), /healthz,
+    /// /readyz, /debug/pool; `off` switches it off. Loopback by default:
+    /// expose it deliberately.
+    #[arg(long, default_value = "127.0.0.1:9475", value_parser = cli::parse_listen_or_off)]
+    metrics_listen: cli::ListenOrOff,
     /// Benchmarks only (hidden from --help): the control thread rebuilds
     /// and publishes the pod pool's routing snapshot at this interval, as a
     /// stream of pod changes would, so the data plane can be measured while
@@ -366,6 +372,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_message_size: args.max_message_size,
         },
     };
+    let node_metrics =
+        vimanad::pool::metrics::NodeMetrics::new(data_plane.shards, publisher.slots());
     let shards = shard::start(&data_plane, &publisher).context("start the data plane")?;
     let config = control::Config {
         state_dir: args.state.state_dir,
@@ -377,6 +385,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cgroup_parent: args.cgroup_parent,
         insecure_registries: args.insecure_registry,
         republish_every: args.republish_every,
+        metrics_listen: args.metrics_listen.0,
+        data_plane_metrics: Some(node_metrics),
     };
     // The control thread: one tokio runtime on one thread (SPEC.md §2).
     let control = std::thread::Builder::new()

@@ -81,7 +81,7 @@ fn checkout_snapshot(pods: usize, socket: &std::path::Path) -> Snapshot {
         pool.insert_pod(&id);
         pool.set_running(&id, socket.to_path_buf(), 1);
     }
-    Snapshot::build(&pool, 1)
+    Snapshot::build(&pool, 1, &Default::default())
 }
 
 pub fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {

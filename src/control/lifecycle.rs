@@ -22,9 +22,9 @@ pub enum Lifecycle {
     Killed,
 }
 
-impl fmt::Display for Lifecycle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Lifecycle {
+    pub fn name(self) -> &'static str {
+        match self {
             Lifecycle::Initiated => "initiated",
             Lifecycle::Created => "created",
             Lifecycle::Starting => "starting",
@@ -32,7 +32,13 @@ impl fmt::Display for Lifecycle {
             Lifecycle::Stopped => "stopped",
             Lifecycle::Removed => "removed",
             Lifecycle::Killed => "killed",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

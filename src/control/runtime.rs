@@ -42,6 +42,11 @@ pub struct Config {
     /// pool again at this interval although nothing changed. `None` (the
     /// default) publishes only on changes.
     pub republish_every: Option<Duration>,
+    /// Where the operator's endpoint listens (`/metrics`, `/healthz`,
+    /// `/readyz`, `/debug/pool`); `None` switches it off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The shards' counter blocks, read when scraped.
+    pub data_plane_metrics: Option<Arc<crate::pool::metrics::NodeMetrics>>,
 }
 
 pub struct Runtime {
@@ -92,6 +97,21 @@ impl Runtime {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The publisher, for inspection (`/debug/pool`).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// How many pods are in each lifecycle state (for `/metrics`).
+    pub fn pods_by_state(&self) -> Vec<(&'static str, usize)> {
+        let store = self.store();
+        let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+        for pod in store.pods.values() {
+            *counts.entry(pod.lifecycle.name()).or_default() += 1;
+        }
+        counts.into_iter().collect()
     }
 
     /// Publishes the pod pool to the shards; call after every change to

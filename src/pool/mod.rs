@@ -4,8 +4,11 @@
 //! (`...#N`), the two maps of the pool — the component map (component →
 //! running containers) and the ID map (pod ID → component) — and the
 //! immutable routing snapshot the control thread publishes to the shards
-//! through RCU. It knows nothing of CRI, processes or QUIC.
+//! through RCU, and the data plane's per-shard counters (`metrics`) that
+//! the control thread reads when scraped. It knows nothing of CRI,
+//! processes or QUIC.
 
+pub mod metrics;
 mod names;
 mod publish;
 mod snapshot;
