@@ -356,11 +356,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--republish-every must be longer than zero"
     );
     let publisher = vimanad::pool::Publisher::new();
+    let shard_count = args
+        .shards
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len()))
+        .max(1);
+    let node_metrics = vimanad::pool::metrics::NodeMetrics::new(shard_count, publisher.slots());
     let data_plane = shard::Config {
         listen: args.listen,
-        shards: args
-            .shards
-            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len())),
+        metrics: std::sync::Arc::clone(&node_metrics),
+        shards: shard_count,
         tls: shard::tls_files(args.tls_cert, args.tls_key, &args.state.state_dir)
             .context("prepare the TLS certificate")?,
         idle_timeout: args.idle_timeout,
@@ -372,8 +376,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_message_size: args.max_message_size,
         },
     };
-    let node_metrics =
-        vimanad::pool::metrics::NodeMetrics::new(data_plane.shards, publisher.slots());
     let shards = shard::start(&data_plane, &publisher).context("start the data plane")?;
     let config = control::Config {
         state_dir: args.state.state_dir,

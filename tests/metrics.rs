@@ -80,15 +80,15 @@ impl Prometheus {
     fn start(binary: &str, target: SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        let web: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
                  scrape_configs:\n  - job_name: vimanad\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
         .unwrap();
-        let web: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
@@ -108,9 +108,22 @@ impl Prometheus {
         }
     }
 
+    fn get(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(self.web) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response
+    }
+
     /// An instant query's first value, once Prometheus has one.
     fn query_until(&self, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let encoded: String = query
             .bytes()
             .map(|b| match b {
@@ -146,7 +159,10 @@ impl Prometheus {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        panic!("Prometheus never answered {query} as expected; last answer: {last}");
+        let log =
+            std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default();
+        let targets = self.get("/api/v1/targets");
+        panic!("Prometheus never answered {query} as expected; last answer: {last}\ntargets: {targets}\nlog: {log}");
     }
 }
 

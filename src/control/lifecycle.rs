@@ -23,6 +23,16 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
+    pub const ALL: [Lifecycle; 7] = [
+        Lifecycle::Initiated,
+        Lifecycle::Created,
+        Lifecycle::Starting,
+        Lifecycle::Running,
+        Lifecycle::Stopped,
+        Lifecycle::Removed,
+        Lifecycle::Killed,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Lifecycle::Initiated => "initiated",

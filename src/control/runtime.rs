@@ -104,14 +104,17 @@ impl Runtime {
         &self.publisher
     }
 
-    /// How many pods are in each lifecycle state (for `/metrics`).
+    /// How many pods are in each lifecycle state, every state listed
+    /// (for `/metrics`).
     pub fn pods_by_state(&self) -> Vec<(&'static str, usize)> {
         let store = self.store();
-        let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
-        for pod in store.pods.values() {
-            *counts.entry(pod.lifecycle.name()).or_default() += 1;
-        }
-        counts.into_iter().collect()
+        Lifecycle::ALL
+            .iter()
+            .map(|&state| {
+                let n = store.pods.values().filter(|p| p.lifecycle == state).count();
+                (state.name(), n)
+            })
+            .collect()
     }
 
     /// Publishes the pod pool to the shards; call after every change to

@@ -141,16 +141,22 @@ pub enum Drop {
     ConnectionLimit,
     /// An Initial too small to be answered (RFC 9000 §14.1).
     TooSmall,
+    /// A Retry token that did not validate.
+    InvalidToken,
+    /// An Initial while the shard drains.
+    Draining,
     /// quiche refused it.
     Rejected,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 5] = [
+    pub const ALL: [Drop; 7] = [
         Drop::Malformed,
         Drop::UnknownConnection,
         Drop::ConnectionLimit,
         Drop::TooSmall,
+        Drop::InvalidToken,
+        Drop::Draining,
         Drop::Rejected,
     ];
     pub fn label(self) -> &'static str {
@@ -159,6 +165,8 @@ impl Drop {
             Drop::UnknownConnection => "unknown_connection",
             Drop::ConnectionLimit => "connection_limit",
             Drop::TooSmall => "too_small",
+            Drop::InvalidToken => "invalid_token",
+            Drop::Draining => "draining",
             Drop::Rejected => "rejected",
         }
     }
@@ -179,6 +187,8 @@ pub struct ShardMetrics {
     pub version_negotiations_sent: Counter,
     /// Streams refused for the per-connection limit.
     pub streams_refused: Counter,
+    /// Calls the data plane answered itself (client cancellations aside).
+    pub answered: Counter,
     components: Box<[ComponentMetrics]>,
 }
 
@@ -194,6 +204,7 @@ impl Default for ShardMetrics {
             retries_sent: Counter::default(),
             version_negotiations_sent: Counter::default(),
             streams_refused: Counter::default(),
+            answered: Counter::default(),
             components: (0..MAX_COMPONENT_SLOTS)
                 .map(|_| ComponentMetrics::default())
                 .collect(),
@@ -205,6 +216,15 @@ impl ShardMetrics {
     #[inline]
     pub fn dropped(&self, why: Drop) {
         self.dropped[why as usize].inc();
+    }
+
+    /// Finished calls on this shard, every component and status.
+    pub fn calls(&self) -> u64 {
+        self.components
+            .iter()
+            .flat_map(|c| c.calls.iter())
+            .map(Counter::get)
+            .sum()
     }
 
     /// A slot's counters (an out-of-range slot counts as "other").

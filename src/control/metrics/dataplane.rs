@@ -206,8 +206,14 @@ impl prometheus::core::Collector for Collector {
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families: Vec<Vec<Metric>> = vec![Vec::new(); FAMILIES.len()];
         let mut slots: Vec<(u32, [String; 3])> = vec![
-            (SLOT_NONE, ["(none)".into(), String::new(), String::new()]),
-            (SLOT_OTHER, ["(other)".into(), String::new(), String::new()]),
+            (
+                SLOT_NONE,
+                ["(none)".into(), "(none)".into(), "(none)".into()],
+            ),
+            (
+                SLOT_OTHER,
+                ["(other)".into(), "(other)".into(), "(other)".into()],
+            ),
         ];
         slots.extend(self.node.slots.names().into_iter().map(|(slot, name)| {
             (

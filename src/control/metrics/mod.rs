@@ -158,7 +158,6 @@ impl Metrics {
     }
 
     fn render(&self, runtime: &Runtime) -> String {
-        self.pods.reset();
         for (state, count) in runtime.pods_by_state() {
             self.pods.with_label_values(&[state]).set(count as i64);
         }
