@@ -54,6 +54,7 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "seccomp-profile-root" => ("\"/tmp/vimanad-cfg/seccomp\"", "/tmp/vimanad-cfg/seccomp"),
         "pids-limit" => ("512", "512"),
         "log-format" => ("\"json\"", "json"),
+        "metrics-listen" => ("\"127.0.0.1:9999\"", "127.0.0.1:9999"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
         _ => return None,
     })
@@ -207,7 +208,8 @@ fn serve_runs_from_the_file_and_flags_win() {
         &file,
         format!(
             "state-dir = {:?}\nrun-dir = {:?}\ncri-socket = {:?}\nlisten = \"{listen}\"\n\
-             shards = 1\ncgroup-parent = \"vimanad-cfg-test\"\nstart-timeout = \"9s\"\n",
+             shards = 1\ncgroup-parent = \"vimanad-cfg-test\"\nstart-timeout = \"9s\"\n\
+             metrics-listen = \"127.0.0.1:0\"\n",
             p("state"),
             p("run"),
             p("cri.sock"),
