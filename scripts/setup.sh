@@ -14,6 +14,8 @@ packages=(
     busybox-static    # shell commands the streaming tests exec inside containers
     containerd        # the sandbox tests run the hostile image under runc too
     runc              #   (tests/sandbox_runc.rs) to compare
+    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs)
+    prometheus        # a real scraper of /metrics (and promtool) in the tests
 )
 missing=()
 for p in "${packages[@]}"; do

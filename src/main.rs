@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node runtime: CRI on a Unix socket.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Manage the local image store.
     #[command(subcommand)]
@@ -145,6 +146,11 @@ struct ServeArgs {
     /// HTTP; repeatable. Every other registry, loopback included, is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// The operator's endpoint (HTTP): /metrics (Prometheus), /healthz,
+    /// /readyz, /debug/pool; `off` switches it off. Loopback by default:
+    /// expose it deliberately.
+    #[arg(long, default_value = "127.0.0.1:9475", value_parser = cli::parse_listen_or_off)]
+    metrics_listen: cli::ListenOrOff,
     /// Benchmarks only (hidden from --help): the control thread rebuilds
     /// and publishes the pod pool's routing snapshot at this interval, as a
     /// stream of pod changes would, so the data plane can be measured while
@@ -380,11 +386,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--republish-every must be longer than zero"
     );
     let publisher = vimanad::pool::Publisher::new();
+    let shard_count = args
+        .shards
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len()))
+        .max(1);
+    let node_metrics = vimanad::pool::metrics::NodeMetrics::new(shard_count, publisher.slots());
     let data_plane = shard::Config {
         listen: args.listen,
-        shards: args
-            .shards
-            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len())),
+        metrics: std::sync::Arc::clone(&node_metrics),
+        shards: shard_count,
         tls: shard::tls_files(args.tls_cert, args.tls_key, &args.state.state_dir)
             .context("prepare the TLS certificate")?,
         idle_timeout: args.idle_timeout,
@@ -410,6 +420,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pids_limit: args.pids_limit,
         insecure_registries: args.insecure_registry,
         republish_every: args.republish_every,
+        metrics_listen: args.metrics_listen.0,
+        data_plane_metrics: Some(node_metrics),
     };
     // The control thread: one tokio runtime on one thread (SPEC.md §2).
     let control = std::thread::Builder::new()

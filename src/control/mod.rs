@@ -10,10 +10,12 @@ pub mod cri;
 mod error;
 pub mod image;
 mod lifecycle;
+pub mod metrics;
 mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod stats;
 pub mod streaming;
 mod transaction;
 
@@ -39,8 +41,23 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let socket = config.cri_socket.clone();
     let listener = bind_socket(&socket)?;
+    let metrics = metrics::Metrics::new(config.data_plane_metrics.clone());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(Error::io(format!(
+            "bind the metrics listener on {addr} (--metrics-listen)"
+        )))?),
+        None => None,
+    };
     let runtime = Runtime::new(config, publisher)?;
     runtime.recover()?;
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&runtime),
+        ));
+    }
     if let Some(every) = runtime.config.republish_every {
         // Benchmarks only: see `Runtime::republish_every`.
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
@@ -54,7 +71,9 @@ pub async fn serve(
         |conn| conn.map(authority::FixedAuthority::new),
     );
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    metrics.set_ready();
     let server = tonic::transport::Server::builder()
+        .layer(metrics::CriLayer::new(Arc::clone(&metrics)))
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(cri).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(incoming, async move {

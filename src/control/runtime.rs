@@ -47,6 +47,11 @@ pub struct Config {
     /// pool again at this interval although nothing changed. `None` (the
     /// default) publishes only on changes.
     pub republish_every: Option<Duration>,
+    /// Where the operator's endpoint listens (`/metrics`, `/healthz`,
+    /// `/readyz`, `/debug/pool`); `None` switches it off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The shards' counter blocks, read when scraped.
+    pub data_plane_metrics: Option<Arc<crate::pool::metrics::NodeMetrics>>,
 }
 
 pub struct Runtime {
@@ -106,6 +111,24 @@ impl Runtime {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The publisher, for inspection (`/debug/pool`).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// How many pods are in each lifecycle state, every state listed
+    /// (for `/metrics`).
+    pub fn pods_by_state(&self) -> Vec<(&'static str, usize)> {
+        let store = self.store();
+        super::lifecycle::Lifecycle::ALL
+            .iter()
+            .map(|&state| {
+                let n = store.pods.values().filter(|p| p.lifecycle == state).count();
+                (state.name(), n)
+            })
+            .collect()
     }
 
     /// Publishes the pod pool to the shards if routing changed since the

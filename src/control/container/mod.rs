@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod cgroup;
 pub mod logs;
+pub mod mounts;
 pub mod process;
 mod ready;
 pub mod security;

@@ -394,8 +394,10 @@ fn container_init(
 fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     let none: Option<&str> = None;
     let merged = &spec.merged;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(|e| format!("make mounts private: {e}"))?;
+    // rslave, as runc's default: nothing propagates to the host, and
+    // HostToContainer binds (`mounts.rs`) still receive the host's mounts.
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)
+        .map_err(|e| format!("make mounts slaves: {e}"))?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         spec.lower.display(),
@@ -522,6 +524,7 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
             spec.socket_dir.display()
         )
     })?;
+    super::mounts::bind_all(merged, &spec.mounts)?;
     if spec.readonly_rootfs {
         mount(
             none,

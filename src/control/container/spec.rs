@@ -47,6 +47,9 @@ pub struct LaunchSpec {
     pub tty: bool,
     /// Capabilities, seccomp, masked paths, namespaces (`security`).
     pub sandbox: Sandbox,
+    /// CRI mounts, bound into the root by the shim (`container::mounts`).
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::BindMount>,
 }
 
 /// Where the per-pod socket directory appears inside a container.

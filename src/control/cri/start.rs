@@ -444,6 +444,8 @@ fn launch_spec(
         stdin_once: config.stdin_once,
         tty: config.tty,
         sandbox: pod_sandbox,
+        mounts: container::mounts::validate(config)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?,
     })
 }
 
