@@ -43,6 +43,22 @@ async fn pod_with_busybox(node: &mut Node, name: &str) -> String {
     id
 }
 
+/// Creates and starts the pod's container with `config`, then copies busybox
+/// into it.
+async fn start_with_busybox(node: &mut Node, pod: &str, config: cri::ContainerConfig) {
+    let sandbox = node.sandbox_config(pod).await;
+    node.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap();
+    node.start_container(pod).await.unwrap();
+    install_busybox(node, pod).await;
+}
+
 /// Copies busybox (and applet links) into running container `id`'s layer.
 async fn install_busybox(node: &mut Node, id: &str) {
     let pid = node.pid(id).await;
@@ -255,20 +271,7 @@ async fn exec_in_a_restricted_container_keeps_its_restrictions() {
             ..Default::default()
         }),
     });
-    let sandbox = node.sandbox_config(&pod).await;
-    node.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .unwrap();
-    node.start_container(&pod).await.unwrap();
-    let pid = node.pid(&pod).await;
-    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    start_with_busybox(&mut node, &pod, config).await;
     let out = exec_sync(
         &mut node,
         &pod,
@@ -329,20 +332,8 @@ async fn exec_in_a_user_namespace_pod_stays_in_it() {
             ..Default::default()
         }),
     });
-    let sandbox = node.sandbox_config(&pod).await;
-    node.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .unwrap();
-    node.start_container(&pod).await.unwrap();
+    start_with_busybox(&mut node, &pod, config).await;
     let pid = node.pid(&pod).await;
-    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
     let out = exec_sync(
         &mut node,
         &pod,
@@ -917,23 +908,7 @@ async fn stdin_pod(node: &mut Node, name: &str, tty: bool) -> String {
     let mut config = common::container_config("component", &[]);
     config.stdin = true;
     config.tty = tty;
-    let sandbox = node.sandbox_config(&pod).await;
-    node.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .unwrap();
-    node.start_container(&pod).await.unwrap();
-    let pid = node.pid(&pod).await;
-    let bin = PathBuf::from(format!("/proc/{pid}/root/bin"));
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "head", "echo", "cat"] {
-        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-    }
+    start_with_busybox(node, &pod, config).await;
     pod
 }
 
