@@ -688,3 +688,35 @@ async fn bad_registries_and_bad_images_fail_clearly_and_leave_nothing() {
     assert!(indexed.repo_tags.contains(&index_name), "{indexed:?}");
     assert!(node.image_status(&fine).await.is_some());
 }
+
+/// `--output` relative to the working directory, as an operator types it:
+/// a bare `name.tar` and a bare directory name both pack and import.
+#[test]
+fn pack_writes_to_a_relative_output_and_the_result_imports() {
+    let cwd = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for out in ["echo.tar", "echo-layout"] {
+        let status = Command::new(vimanad())
+            .current_dir(cwd.path())
+            .args(["image", "pack", "--binary"])
+            .arg("/bin/true") // any regular file is a binary to pack
+            .args(["--name", "example.com/relative:1.0.0", "--output", out])
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success(), "vimanad image pack --output {out} failed");
+        let imported = Command::new(vimanad())
+            .args(["image", "import", "--state-dir"])
+            .arg(state.path())
+            .arg(cwd.path().join(out))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            imported.status.success(),
+            "import of {out}: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+        assert!(String::from_utf8_lossy(&imported.stdout).contains("example.com/relative:1.0.0"));
+    }
+}

@@ -143,7 +143,11 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ImageError> {
 /// Writes `bytes` to `path` atomically: temp file in the same directory,
 /// fsync, rename, fsync of the directory.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "", which no syscall accepts.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
