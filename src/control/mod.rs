@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod cri;
+pub mod downstream;
 mod error;
 pub mod image;
 mod lifecycle;
@@ -43,6 +44,13 @@ pub async fn serve(
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
     }
     let cri = cri::Cri::new(Arc::clone(&runtime));
+    // Every CRI call passes the router: to vimanad or the downstream.
+    let cri = downstream::Router::new(
+        cri,
+        &runtime.config.runtime_handler,
+        runtime.config.downstream.as_ref(),
+    );
+    cri.probe().await;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
