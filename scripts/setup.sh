@@ -11,6 +11,9 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
+    containerd        # the downstream CRI runtime the downstream tests run
+    runc              # containerd's OCI runtime
+    busybox-static    # the downstream tests' ordinary image
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -7,7 +7,6 @@
 //! through unchanged.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -38,19 +37,19 @@ pub enum Kind {
 pub struct Client {
     /// As configured: `unix:///run/containerd/containerd.sock`.
     uri: String,
-    path: PathBuf,
     channel: Channel,
     timeout: Duration,
     /// Set while the downstream fails; logs once per outage.
     failing: AtomicBool,
+    /// Its `runtime_name` from Version.
+    runtime_name: std::sync::OnceLock<String>,
 }
 
 impl Client {
     /// A client that connects on first use; never fails for a downstream
     /// that is down (calls do).
     pub fn new(settings: &Settings) -> Self {
-        let path = settings.socket.clone();
-        let connector_path = path.clone();
+        let connector_path = settings.socket.clone();
         let channel = Endpoint::from_static("http://localhost")
             .connect_timeout(settings.timeout)
             .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
@@ -63,10 +62,10 @@ impl Client {
             }));
         Self {
             uri: settings.uri.clone(),
-            path,
             channel,
             timeout: settings.timeout,
             failing: AtomicBool::new(false),
+            runtime_name: std::sync::OnceLock::new(),
         }
     }
 
@@ -110,10 +109,8 @@ impl Client {
                 return Err(status);
             }
             Err(_) => Err(Status::unavailable(format!(
-                "downstream CRI runtime {} (socket {}) did not answer {what} within {:?}",
-                self.uri,
-                self.path.display(),
-                deadline
+                "downstream CRI runtime {} did not answer {what} within {deadline:?}",
+                self.name()
             ))),
         };
         match &result {
@@ -129,10 +126,22 @@ impl Client {
             None => status.message().to_owned(),
         };
         Status::unavailable(format!(
-            "downstream CRI runtime {} (socket {}) is unavailable for {what}: {cause}",
-            self.uri,
-            self.path.display()
+            "downstream CRI runtime {} is unavailable for {what}: {cause}",
+            self.name()
         ))
+    }
+
+    /// `containerd at unix:///PATH` (the name once it answered Version).
+    fn name(&self) -> String {
+        match self.runtime_name.get() {
+            Some(runtime) => format!("{runtime} at {}", self.uri),
+            None => self.uri.clone(),
+        }
+    }
+
+    /// Remembers the downstream's name for error messages.
+    pub fn set_name(&self, runtime: &str) {
+        let _ = self.runtime_name.set(runtime.to_owned());
     }
 
     fn healthy(&self) {
@@ -143,7 +152,11 @@ impl Client {
 
     fn failed(&self, error: &Status) {
         if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(downstream = %self.uri, error = %error.message(), "downstream CRI runtime failing");
+            tracing::warn!(
+                downstream = %self.uri,
+                error = %error.message(),
+                "downstream CRI runtime failing: its calls get UNAVAILABLE, merged lists serve its last good (stale) answers until it answers again"
+            );
         }
     }
 }

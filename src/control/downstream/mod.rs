@@ -119,12 +119,15 @@ impl Router {
             )
             .await
         {
-            Ok(v) => tracing::info!(
-                downstream = %d.client.uri(),
-                runtime = %v.runtime_name,
-                version = %v.runtime_version,
-                "downstream CRI runtime reached"
-            ),
+            Ok(v) => {
+                d.client.set_name(&v.runtime_name);
+                tracing::info!(
+                    downstream = %d.client.uri(),
+                    runtime = %v.runtime_name,
+                    version = %v.runtime_version,
+                    "downstream CRI runtime reached"
+                )
+            }
             Err(e) => tracing::warn!(
                 downstream = %d.client.uri(),
                 error = %e.message(),

@@ -1,0 +1,482 @@
+//! vimanad with a downstream CRI runtime: Debian's real containerd + runc
+//! (tests/common/containerd.rs) behind vimanad's CRI socket, driven by the
+//! stock crictl and by CRI calls, beside real component pods.
+
+mod common;
+#[path = "common/containerd.rs"]
+mod containerd;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use containerd::{crictl, prerequisites, Containerd, BUSYBOX, PAUSE};
+use k8s_cri::v1 as cri;
+use serde_json::json;
+use tonic::Code;
+use vimana_example::pb;
+
+const A: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
+
+fn is_containerd_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A node whose downstream is `ctrd`.
+async fn node_with(ctrd: &Containerd, extra: &[&str]) -> Node {
+    let uri = ctrd.uri();
+    let mut args = vec!["--downstream-cri", uri.as_str()];
+    args.extend_from_slice(extra);
+    Node::start_with(&args).await
+}
+
+/// An ordinary pod through vimanad on handler `""`, with a running busybox
+/// container printing `greeting`; returns (pod, container).
+async fn busybox_pod(
+    node: &mut Node,
+    ctrd: &Containerd,
+    name: &str,
+    greeting: &str,
+) -> (String, String) {
+    let config = ctrd.pod_config(name);
+    let pod = node
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox of an ordinary pod through vimanad")
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(is_containerd_id(&pod), "containerd made it: {pod}");
+    let container = node
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(Containerd::busybox(name, &format!("echo {greeting}"))),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    node.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    (pod, container)
+}
+
+/// A component pod whose component logs `lines` lines at start.
+async fn component_pod(node: &mut Node, name: &str) -> String {
+    let pod = node.run_pod(name, A).await;
+    node.create(&pod, "component", &[("EXAMPLE_LOG_LINES", "2")])
+        .await
+        .unwrap();
+    node.start_container(&pod).await.unwrap();
+    pod
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Polls `crictl logs ID` until it holds `needle`.
+fn wait_for_log(socket: &std::path::Path, id: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, out, err) = crictl(socket, &["logs", id]);
+        if ok && (out.contains(needle) || err.contains(needle)) {
+            return out + &err;
+        }
+        assert!(Instant::now() < deadline, "crictl logs {id}: {out}{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn pod_ids(node: &mut Node, filter: Option<cri::PodSandboxFilter>) -> Vec<String> {
+    let mut ids: Vec<String> = node
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_busybox_pod_runs_through_vimanad_beside_a_component() {
+    if !prerequisites(&["crictl"]) {
+        return;
+    }
+    let ctrd = Containerd::start();
+    let mut node = node_with(&ctrd, &[]).await;
+    let component = component_pod(&mut node, "comp").await;
+    let (bb, bb_ctr) = busybox_pod(&mut node, &ctrd, "bb", "hello-from-busybox").await;
+
+    // containerd holds the ordinary pod; vimanad's own store does not.
+    let theirs = ctrd
+        .client()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(theirs.iter().map(|p| &p.id).collect::<Vec<_>>(), [&bb]);
+
+    // The stock crictl against vimanad's socket sees both.
+    let socket = node.socket();
+    let (ok, out, err) = crictl(&socket, &["pods", "-q", "--no-trunc"]);
+    assert!(ok, "crictl pods: {err}");
+    assert_eq!(
+        sorted(lines(&out)),
+        sorted(vec![component.clone(), bb.clone()])
+    );
+    let (ok, out, err) = crictl(&socket, &["ps", "-q", "--no-trunc"]);
+    assert!(ok, "crictl ps: {err}");
+    assert_eq!(
+        sorted(lines(&out)),
+        sorted(vec![component.clone(), bb_ctr.clone()])
+    );
+    let (ok, out, _) = crictl(&socket, &["ps", "--no-trunc"]);
+    assert!(ok && out.contains(BUSYBOX) && out.contains(IMAGE), "{out}");
+
+    // Both logs, through crictl (it reads the paths ContainerStatus names).
+    wait_for_log(&socket, &bb_ctr, "hello-from-busybox");
+    wait_for_log(&socket, &component, "vimana-example log line 1 of 2");
+
+    // The images of both sides, one list.
+    let (ok, out, err) = crictl(&socket, &["images"]);
+    assert!(ok, "crictl images: {err}");
+    for image in [
+        "localhost/vimana-test/busybox",
+        "localhost/vimana-test/pause",
+        "example.com/vimana-example",
+    ] {
+        assert!(out.contains(image), "{image} in {out}");
+    }
+
+    // Stopped and removed, both, through crictl.
+    for (pod, ctr) in [(&component, &component), (&bb, &bb_ctr)] {
+        let (ok, _, err) = crictl(&socket, &["stop", "--timeout", "5", ctr]);
+        assert!(ok, "crictl stop {ctr}: {err}");
+        let (ok, _, err) = crictl(&socket, &["rm", ctr]);
+        assert!(ok, "crictl rm {ctr}: {err}");
+        let (ok, _, err) = crictl(&socket, &["stopp", pod]);
+        assert!(ok, "crictl stopp {pod}: {err}");
+        let (ok, _, err) = crictl(&socket, &["rmp", pod]);
+        assert!(ok, "crictl rmp {pod}: {err}");
+    }
+    let (ok, out, err) = crictl(&socket, &["pods", "-q"]);
+    assert!(ok && out.trim().is_empty(), "no pods left: {out}{err}");
+    let left = ctrd
+        .client()
+        .await
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(
+        left.is_empty(),
+        "containerd has no containers left: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn mixed_lists_apply_filters_on_each_side_and_images_are_one_service() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    let ctrd = Containerd::start();
+    let mut node = node_with(&ctrd, &[]).await;
+    let comp = node.run_pod("comp", A).await;
+    let (bb1, bb1_ctr) = busybox_pod(&mut node, &ctrd, "bb1", "one").await;
+    let (bb2, _) = busybox_pod(&mut node, &ctrd, "bb2", "two").await;
+    node.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: bb2.clone(),
+        })
+        .await
+        .unwrap();
+
+    let all = pod_ids(&mut node, None).await;
+    assert_eq!(all, sorted(vec![comp.clone(), bb1.clone(), bb2.clone()]));
+    let by_id = |id: &str| cri::PodSandboxFilter {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(pod_ids(&mut node, Some(by_id(&comp))).await, [comp.clone()]);
+    assert_eq!(pod_ids(&mut node, Some(by_id(&bb1))).await, [bb1.clone()]);
+    let ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue {
+            state: cri::PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        pod_ids(&mut node, Some(ready)).await,
+        sorted(vec![comp.clone(), bb1.clone()]),
+        "the state filter applies on both sides"
+    );
+    let labelled = |app: &str| cri::PodSandboxFilter {
+        label_selector: [("app".to_owned(), app.to_owned())].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pod_ids(&mut node, Some(labelled("bb2"))).await,
+        [bb2.clone()]
+    );
+    assert_eq!(
+        pod_ids(&mut node, Some(labelled("comp"))).await,
+        [comp.clone()]
+    );
+    // A container filter naming a downstream pod asks only containerd.
+    let in_bb1 = node
+        .runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: bb1.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(in_bb1.iter().map(|c| &c.id).collect::<Vec<_>>(), [&bb1_ctr]);
+
+    // Images: both stores in one list, by ID.
+    let images = node.list_images().await;
+    for name in [IMAGE, BUSYBOX, PAUSE] {
+        assert_eq!(
+            images
+                .iter()
+                .filter(|i| i.repo_tags.iter().any(|t| t == name))
+                .count(),
+            1,
+            "{name} once in {images:?}"
+        );
+    }
+    let busybox = node
+        .image_status(BUSYBOX)
+        .await
+        .expect("ImageStatus answers for containerd's image");
+    assert!(busybox.id.starts_with("sha256:"));
+    assert!(node.image_status(IMAGE).await.is_some());
+    // The kubelet's GC cannot remove an image a container still uses.
+    let refused = node
+        .images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: busybox.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains(&bb1_ctr) || refused.message().contains("in use"),
+        "{refused:?}"
+    );
+    assert!(node.image_status(BUSYBOX).await.is_some(), "still there");
+    let fs = node
+        .images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!fs.image_filesystems.is_empty(), "{fs:?}");
+    // A pull for a downstream pod goes to containerd (which cannot reach a
+    // registry here: its own error says so).
+    let pull = node
+        .images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "127.0.0.1:1/absent:1".into(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: Some(ctrd.pod_config("bb1")),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        pull.message().contains("failed to pull and unpack image"),
+        "containerd's own error: {pull:?}"
+    );
+}
+
+#[tokio::test]
+async fn containerd_slow_killed_and_restarted_leaves_vimana_pods_serving() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    let mut ctrd = Containerd::start();
+    let mut node = node_with(&ctrd, &["--downstream-timeout", "1s"]).await;
+    let comp = node.running_pod("comp", A).await;
+    let (bb, bb_ctr) = busybox_pod(&mut node, &ctrd, "bb", "hi").await;
+    let both = sorted(vec![comp.clone(), bb.clone()]);
+    assert_eq!(pod_ids(&mut node, None).await, both);
+    let unary = json!({ "path": "/vimana.example.v1.Echo/Unary",
+        "messages_hex": [hex_of(&pb::EchoRequest { message: "during".into(), ..Default::default() })] });
+
+    // Slow: containerd frozen. Lists answer within the deadline, with the
+    // last good downstream answer; its own calls are UNAVAILABLE.
+    let pid = ctrd.pid();
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    assert_eq!(
+        pod_ids(&mut node, None).await,
+        both,
+        "the frozen side's pods stay listed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let slow = node.pod_status(&bb).await.unwrap_err();
+    assert_eq!(slow.code(), Code::Unavailable, "{slow:?}");
+    assert!(
+        slow.message().contains("did not answer PodSandboxStatus"),
+        "{slow:?}"
+    );
+    node.pod_status(&comp)
+        .await
+        .expect("vimana pods answer at once");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+
+    // Killed.
+    ctrd.kill9();
+    let r = &aioquic(&node, "example.com:443", json!([unary]), false)[0];
+    assert_eq!(
+        r["grpc_status"], 0,
+        "a vimana pod serves HTTP/3 with containerd down: {r}"
+    );
+    assert_eq!(replies(r)[0].served_by, comp);
+    node.pod_status(&comp)
+        .await
+        .expect("PodSandboxStatus of a vimana pod");
+    assert_eq!(
+        node.state(&comp).await,
+        cri::ContainerState::ContainerRunning
+    );
+    assert_eq!(pod_ids(&mut node, None).await, both, "stale, not vanished");
+    let socket = ctrd.socket().display().to_string();
+    let down = node.pod_status(&bb).await.unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert!(
+        down.message().contains("downstream") && down.message().contains(&socket),
+        "{down:?}"
+    );
+    let refused = node
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(ctrd.pod_config("late")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains(&socket), "{refused:?}");
+    let status = node
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let condition = |t: &str| status.conditions.iter().find(|c| c.r#type == t).cloned();
+    assert!(condition("RuntimeReady").unwrap().status);
+    assert!(condition("NetworkReady").unwrap().status);
+    let d = condition("DownstreamRuntimeReady").expect("the downstream's condition");
+    assert!(!d.status && d.reason == "DownstreamUnavailable", "{d:?}");
+
+    // Restarted: vimanad reconnects by itself; the pod kept running.
+    ctrd.spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let bb_status = loop {
+        match node.pod_status(&bb).await {
+            Ok(s) => break s,
+            Err(e) => assert!(Instant::now() < deadline, "after restart: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        bb_status.status.unwrap().state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    assert_eq!(
+        node.state(&bb_ctr).await,
+        cri::ContainerState::ContainerRunning
+    );
+
+    // vimanad restarting touches nothing of containerd's.
+    node.kill9();
+    node.restart().await;
+    assert_eq!(pod_ids(&mut node, None).await, both);
+    assert_eq!(
+        node.state(&bb_ctr).await,
+        cri::ContainerState::ContainerRunning
+    );
+    let direct = ctrd
+        .client()
+        .await
+        .container_status(cri::ContainerStatusRequest {
+            container_id: bb_ctr.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(direct.state, cri::ContainerState::ContainerRunning as i32);
+
+    node.remove_running_pod(&comp).await;
+    node.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: bb.clone(),
+        })
+        .await
+        .unwrap();
+    node.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: bb.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(pod_ids(&mut node, None).await.is_empty());
+}
+
+#[tokio::test]
+async fn without_a_downstream_other_handlers_are_refused_as_before() {
+    let mut node = Node::start().await;
+    let mut req = run_pod_request("other", A);
+    req.runtime_handler = "runc".into();
+    let refused = node.runtime.run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("runc"), "{refused:?}");
+}
