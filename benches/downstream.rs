@@ -131,8 +131,7 @@ async fn main() {
     }
     let ctrd = Containerd::start();
     let uri = ctrd.uri();
-    let mut node =
-        Node::start_configured(1, "warn", &["--downstream-cri", uri.as_str()]).await;
+    let mut node = Node::start_configured(1, "warn", &["--downstream-cri", uri.as_str()]).await;
     let component = node.running_pod("comp", COMPONENT).await;
     let ordinary = node
         .runtime
@@ -173,7 +172,10 @@ async fn main() {
     }
     for mut row in rows {
         row.through.sort();
-        let (t50, t99) = (percentile(&row.through, 50.0), percentile(&row.through, 99.0));
+        let (t50, t99) = (
+            percentile(&row.through, 50.0),
+            percentile(&row.through, 99.0),
+        );
         let (d50, d99) = match row.direct.as_mut() {
             Some(d) => {
                 d.sort();

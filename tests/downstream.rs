@@ -225,8 +225,11 @@ async fn mixed_lists_apply_filters_on_each_side_and_images_are_one_service() {
         id: id.to_owned(),
         ..Default::default()
     };
-    assert_eq!(pod_ids(&mut node, Some(by_id(&comp))).await, [comp.clone()]);
-    assert_eq!(pod_ids(&mut node, Some(by_id(&bb1))).await, [bb1.clone()]);
+    assert_eq!(
+        pod_ids(&mut node, Some(by_id(&comp))).await,
+        [comp.as_str()]
+    );
+    assert_eq!(pod_ids(&mut node, Some(by_id(&bb1))).await, [bb1.as_str()]);
     let ready = cri::PodSandboxFilter {
         state: Some(cri::PodSandboxStateValue {
             state: cri::PodSandboxState::SandboxReady as i32,
@@ -244,11 +247,11 @@ async fn mixed_lists_apply_filters_on_each_side_and_images_are_one_service() {
     };
     assert_eq!(
         pod_ids(&mut node, Some(labelled("bb2"))).await,
-        [bb2.clone()]
+        [bb2.as_str()]
     );
     assert_eq!(
         pod_ids(&mut node, Some(labelled("comp"))).await,
-        [comp.clone()]
+        [comp.as_str()]
     );
     // A container filter naming a downstream pod asks only containerd.
     let in_bb1 = node
