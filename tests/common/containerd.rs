@@ -4,9 +4,9 @@
 //! Its own root, state, socket, runc root and config (with
 //! `restrict_oom_score_adj = true`: root here lacks CAP_SYS_RESOURCE), a
 //! `sandbox_image` that is a static pause program the harness compiles,
-//! and a busybox image packed from Debian's `busybox-static`; both packed
-//! with `vimanad image pack` and imported with `ctr -n k8s.io images
-//! import` (no internet here). Pods run with the node's network (no CNI).
+//! packed with `vimanad image pack`, and a busybox image built from
+//! Debian's `busybox-static` (its applets linked in /bin); both imported
+//! with `ctr -n k8s.io images import` (no internet here). Pods run with the node's network (no CNI).
 //! Dropping it removes every pod, kills containerd and its shims, unmounts
 //! what it mounted and removes its cgroups.
 //!
@@ -112,6 +112,11 @@ impl Containerd {
 
     /// Starts containerd with the pause and busybox images imported.
     pub fn start() -> Containerd {
+        Self::start_with_registry(None)
+    }
+
+    /// `start`, pulling from the plain-HTTP registry `host` (`127.0.0.1:PORT`).
+    pub fn start_with_registry(registry: Option<&str>) -> Containerd {
         let root = tempfile::Builder::new()
             .prefix("ctrd")
             .tempdir_in("/tmp")
@@ -125,7 +130,7 @@ impl Containerd {
             process: None,
             cgroup_parent,
         };
-        c.write_config();
+        c.write_config(registry);
         c.spawn();
         for (tar, _) in c.build_images() {
             c.ctr(&["images", "import", &tar.display().to_string()]);
@@ -133,9 +138,9 @@ impl Containerd {
         c
     }
 
-    fn write_config(&self) {
+    fn write_config(&self, registry: Option<&str>) {
         let r = self.root.path().display().to_string();
-        let config = format!(
+        let mut config = format!(
             r#"version = 2
 root = "{r}/root"
 state = "{r}/state"
@@ -167,6 +172,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     conf_dir = "{r}/cni/conf"
 "#
         );
+        if let Some(host) = registry {
+            config.push_str(&format!(
+                "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
+            ));
+        }
         std::fs::write(self.root.path().join("config.toml"), config).unwrap();
     }
 
@@ -190,17 +200,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 .arg(&out));
             out
         };
+        let busybox = dir.join("busybox.tar");
+        busybox_image(&busybox);
         vec![
             (pack(&pause, PAUSE, "/pause", "pause.tar"), PAUSE),
-            (
-                pack(
-                    Path::new("/bin/busybox"),
-                    BUSYBOX,
-                    "/bin/busybox",
-                    "busybox.tar",
-                ),
-                BUSYBOX,
-            ),
+            (busybox, BUSYBOX),
         ]
     }
 
@@ -452,4 +456,101 @@ pub fn crictl(socket: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// An OCI archive of Debian's static busybox with its applets linked into
+/// /bin (`sh`, `sleep`, `top`, ... resolve through PATH), tagged `BUSYBOX`.
+pub fn busybox_image(out: &Path) {
+    use sha2::{Digest, Sha256};
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    let applets = String::from_utf8(list.stdout).unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    let dir = |layer: &mut tar::Builder<Vec<u8>>, path: &str| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        layer.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    for d in ["bin/", "tmp/", "etc/", "root/"] {
+        dir(&mut layer, d);
+    }
+    let binary = std::fs::read("/bin/busybox").unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o755);
+    h.set_size(binary.len() as u64);
+    layer
+        .append_data(&mut h, "bin/busybox", &binary[..])
+        .unwrap();
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        layer
+            .append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(passwd.len() as u64);
+    layer
+        .append_data(&mut h, "etc/passwd", &passwd[..])
+        .unwrap();
+    let group = b"root:x:0:\nnogroup:x:65534:\n";
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(group.len() as u64);
+    layer.append_data(&mut h, "etc/group", &group[..]).unwrap();
+    let raw = layer.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let gz = gz.finish().unwrap();
+    let sha = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"]
+        },
+        "rootfs": { "type": "layers", "diff_ids": [sha(&raw)] }
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": sha(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                     "digest": sha(&gz), "size": gz.len() }]
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": sha(&manifest), "size": manifest.len(),
+                        "annotations": { "org.opencontainers.image.ref.name": BUSYBOX } }]
+    })
+    .to_string()
+    .into_bytes();
+    let mut archive = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let mut put = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        archive.append_data(&mut h, path, data).unwrap();
+    };
+    put("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    put("index.json".into(), &index);
+    for blob in [&config, &manifest, &gz] {
+        put(format!("blobs/sha256/{}", &sha(blob)[7..]), blob);
+    }
+    archive.finish().unwrap();
 }
