@@ -165,7 +165,11 @@ async fn main() {
         direct: None,
     });
 
-    println!("CRI latency, {calls} calls each, vimanad (1 shard) → containerd 1.6 vs containerd direct, µs:");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    println!(
+        "CRI latency, {calls} calls each, vimanad (1 shard) → containerd 1.6 vs containerd direct, µs (load {load}):"
+    );
     if markdown {
         println!("| call | through vimanad p50 | p99 | containerd direct p50 | p99 | added p50 |");
         println!("|---|---:|---:|---:|---:|---:|");

@@ -483,3 +483,110 @@ async fn without_a_downstream_other_handlers_are_refused_as_before() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("runc"), "{refused:?}");
 }
+
+/// The stock critest against containerd directly, then against vimanad
+/// with the same (fresh) containerd as its downstream, on the same local
+/// images (a plain-HTTP registry serving the busybox image as critest's
+/// default test image; its other images cannot be fetched here, for either
+/// run). Prints both summaries; vimanad must pass at least as many specs.
+/// Minutes long: `cargo test --test downstream -- --ignored critest
+/// --nocapture` (README records the table).
+#[tokio::test]
+#[ignore]
+async fn critest_through_vimanad_scores_what_containerd_scores() {
+    if !prerequisites(&["critest"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let image = format!("{}/e2e-test-images/busybox:1.29-2", registry.host);
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("busybox.tar");
+    containerd::busybox_image(&archive);
+    skopeo_copy(&archive, &image, None);
+    let images = work.path().join("images.yaml");
+    std::fs::write(
+        &images,
+        format!(
+            "defaultTestContainerImage: {image}\nwebServerTestImage: {}/e2e-test-images/httpd:2.4.39-4\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let run = |socket: &std::path::Path, name: &str| {
+        let endpoint = format!("unix://{}", socket.display());
+        let out = std::process::Command::new(containerd::tools_dir().join("critest"))
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .arg("--test-images-file")
+            .arg(&images)
+            .arg("-ginkgo.no-color")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        std::fs::write(format!("/tmp/critest-downstream-{name}.txt"), &text).unwrap();
+        let summary = text
+            .lines()
+            .filter(|l| l.contains("Passed") && l.contains("Failed"))
+            .last()
+            .unwrap_or("no summary")
+            .to_owned();
+        let passed: usize = summary
+            .split_whitespace()
+            .take_while(|w| *w != "Passed")
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let ran = text
+            .lines()
+            .find(|l| l.starts_with("Ran "))
+            .unwrap_or("")
+            .to_owned();
+        println!("critest {name}: {ran} — {summary}");
+        passed
+    };
+    let direct = {
+        let ctrd = Containerd::start_with_registry(Some(&registry.host));
+        run(&ctrd.socket(), "containerd")
+    };
+    let ctrd = Containerd::start_with_registry(Some(&registry.host));
+    let node = node_with(&ctrd, &["--insecure-registry", &registry.host]).await;
+    let through = run(&node.socket(), "vimanad");
+    assert!(
+        through >= direct,
+        "critest through vimanad passed {through}, containerd directly {direct} (logs in /tmp/critest-downstream-*.txt)"
+    );
+}
+
+#[tokio::test]
+async fn default_handler_components_keeps_labelled_pods_on_default_with_vimanad() {
+    if !prerequisites(&[]) {
+        return;
+    }
+    let ctrd = Containerd::start();
+    let mut node = node_with(&ctrd, &["--default-handler-components"]).await;
+    let mut req = run_pod_request("comp", A);
+    req.runtime_handler = String::new();
+    req.config = Some(node.pod_config("comp", A));
+    let comp = node
+        .runtime
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(comp.contains('#'), "a component: {comp}");
+    node.create(&comp, "component", &[]).await.unwrap();
+    node.start_container(&comp).await.unwrap();
+    let (bb, _) = busybox_pod(&mut node, &ctrd, "bb", "plain").await;
+    assert!(is_containerd_id(&bb));
+    assert_eq!(
+        pod_ids(&mut node, None).await,
+        sorted(vec![comp.clone(), bb.clone()])
+    );
+    node.remove_running_pod(&comp).await;
+}

@@ -6,7 +6,9 @@
 //! `sandbox_image` that is a static pause program the harness compiles,
 //! packed with `vimanad image pack`, and a busybox image built from
 //! Debian's `busybox-static` (its applets linked in /bin); both imported
-//! with `ctr -n k8s.io images import` (no internet here). Pods run with the node's network (no CNI).
+//! with `ctr -n k8s.io images import` (no internet here). A loopback-only
+//! CNI (a script) gives pods with their own network namespace only `lo`
+//! (their reported IP is 127.0.0.1); the tests' own pods use the node's.
 //! Dropping it removes every pod, kills containerd and its shims, unmounts
 //! what it mounted and removes its cgroups.
 //!
@@ -131,6 +133,7 @@ impl Containerd {
             cgroup_parent,
         };
         c.write_config(registry);
+        c.write_cni();
         c.spawn();
         for (tar, _) in c.build_images() {
             c.ctr(&["images", "import", &tar.display().to_string()]);
@@ -178,6 +181,38 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ));
         }
         std::fs::write(self.root.path().join("config.toml"), config).unwrap();
+    }
+
+    /// A loopback-only CNI: one script, installed as `loopback` (the
+    /// network containerd always adds) and as `vimana-lo` (the pod
+    /// network). It brings the pod's `lo` up and reports `127.0.0.1` as the
+    /// pod's IP on `eth0`, creating no interface: nothing leaves the pod.
+    fn write_cni(&self) {
+        let bin = self.root.path().join("cni/bin");
+        let conf = self.root.path().join("cni/conf");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&conf).unwrap();
+        let script = r#"#!/bin/sh
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0"]}' ;;
+ADD)
+    cat >/dev/null
+    nsenter --net="$CNI_NETNS" ip link set lo up || exit 1
+    printf '{"cniVersion":"0.4.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"version":"4","address":"127.0.0.1/8","interface":0}]}' "$CNI_IFNAME" "$CNI_NETNS" ;;
+*) cat >/dev/null ;;
+esac
+"#;
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["loopback", "vimana-lo"] {
+            let path = bin.join(name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(
+            conf.join("10-vimana-lo.conflist"),
+            r#"{"cniVersion":"0.4.0","name":"vimana-lo","plugins":[{"type":"vimana-lo"}]}"#,
+        )
+        .unwrap();
     }
 
     /// The pause and busybox OCI archives (built in this root).

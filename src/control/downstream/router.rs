@@ -39,6 +39,7 @@ impl RuntimeService for Router {
         let Some(d) = &self.down else {
             return self.vimana.run_pod_sandbox(req).await;
         };
+        let mut req = req;
         let r = req.get_ref();
         let empty = Default::default();
         let labels = r.config.as_ref().map_or(&empty, |c| &c.labels);
@@ -48,7 +49,12 @@ impl RuntimeService for Router {
             &self.handler,
             d.components_on_default,
         ) {
-            Side::Vimana => self.vimana.run_pod_sandbox(req).await,
+            Side::Vimana => {
+                // A component on `""` (--default-handler-components) runs
+                // under vimanad's own handler.
+                req.get_mut().runtime_handler = self.handler.clone();
+                self.vimana.run_pod_sandbox(req).await
+            }
             Side::Downstream => forward!(d, req, Kind::Mutate, run_pod_sandbox, "RunPodSandbox"),
         }
     }
