@@ -82,6 +82,27 @@ async fn component_pod(node: &mut Node, name: &str) -> String {
     pod
 }
 
+/// Waits until every thread of `pid` is stopped (SIGSTOP lands on each
+/// thread as it next runs: slow on a loaded machine).
+fn wait_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                state.starts_with('T') || state.starts_with('t')
+            });
+        if stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "containerd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn lines(text: &str) -> Vec<String> {
     text.lines()
         .map(str::to_owned)
@@ -348,6 +369,7 @@ async fn containerd_slow_killed_and_restarted_leaves_vimana_pods_serving() {
     // last good downstream answer; its own calls are UNAVAILABLE.
     let pid = ctrd.pid();
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_stopped(pid);
     let started = Instant::now();
     assert_eq!(
         pod_ids(&mut node, None).await,
