@@ -50,7 +50,6 @@ pub async fn serve(
         &runtime.config.runtime_handler,
         runtime.config.downstream.as_ref(),
     );
-    cri.probe().await;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);

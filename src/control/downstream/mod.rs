@@ -75,8 +75,8 @@ struct Downstream {
 }
 
 impl Router {
-    /// Must run inside the tokio runtime (the client's channel is lazy and
-    /// spawns nothing until the first call).
+    /// Must run inside the tokio runtime: it probes the downstream in the
+    /// background (the client's channel itself is lazy).
     pub fn new(vimana: Cri, handler: &str, downstream: Option<&Settings>) -> Self {
         let down = downstream.map(|settings| {
             tracing::info!(
@@ -96,16 +96,21 @@ impl Router {
                 fs: stale::LastGood::new(),
             })
         });
-        Self {
+        let router = Self {
             vimana,
             handler: handler.to_owned(),
             down,
+        };
+        if router.down.is_some() {
+            let probe = router.clone();
+            tokio::spawn(async move { probe.probe().await });
         }
+        router
     }
 
     /// Logs the downstream's name and version, or that it cannot be
     /// reached yet (vimanad serves its own pods regardless).
-    pub async fn probe(&self) {
+    async fn probe(&self) {
         let Some(d) = &self.down else { return };
         let mut client = d.client.runtime();
         let call = client.version(cri::VersionRequest::default());
