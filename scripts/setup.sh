@@ -14,6 +14,7 @@ packages=(
     containerd        # the downstream CRI runtime the downstream tests run
     runc              # containerd's OCI runtime
     busybox-static    # the downstream tests' ordinary image
+    iproute2          # `ip`, in the downstream tests' loopback-only CNI
 )
 missing=()
 for p in "${packages[@]}"; do

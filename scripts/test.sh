@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 scripts/build-example-image.sh debug >/dev/null
 
-for bench in cri_start pull startup e2e primitives capacity; do
+for bench in cri_start pull startup e2e primitives capacity downstream; do
     cargo test --bench "$bench" -- --quick
 done
 
