@@ -196,6 +196,37 @@ async fn a_busybox_pod_runs_through_vimanad_beside_a_component() {
         assert!(out.contains(image), "{image} in {out}");
     }
 
+    // Exec of a downstream container: containerd runs it; streaming URLs
+    // are containerd's own.
+    let sync = node
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: bb_ctr.clone(),
+            cmd: vec!["echo".into(), "exec-through-vimanad".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync of a downstream container")
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&sync.stdout),
+        "exec-through-vimanad\n"
+    );
+    let exec = |c: &mut k8s_cri::v1::runtime_service_client::RuntimeServiceClient<_>| {
+        let req = cri::ExecRequest {
+            container_id: bb_ctr.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        };
+        let mut c = c.clone();
+        async move { c.exec(req).await.unwrap().into_inner().url }
+    };
+    let through = exec(&mut node.runtime).await;
+    let direct = exec(&mut ctrd.client().await).await;
+    let origin = |u: &str| u.rsplit_once('/').unwrap().0.to_owned();
+    assert_eq!(origin(&through), origin(&direct), "{through} vs {direct}");
+
     // Stopped and removed, both, through crictl.
     for (pod, ctr) in [(&component, &component), (&bb, &bb_ctr)] {
         let (ok, _, err) = crictl(&socket, &["stop", "--timeout", "5", ctr]);
