@@ -584,8 +584,7 @@ async fn critest_through_vimanad_scores_what_containerd_scores() {
         std::fs::write(format!("/tmp/critest-downstream-{name}.txt"), &text).unwrap();
         let summary = text
             .lines()
-            .filter(|l| l.contains("Passed") && l.contains("Failed"))
-            .last()
+            .rfind(|l| l.contains("Passed") && l.contains("Failed"))
             .unwrap_or("no summary")
             .to_owned();
         let passed: usize = summary
