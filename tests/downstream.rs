@@ -380,6 +380,37 @@ async fn mixed_lists_apply_filters_on_each_side_and_images_are_one_service() {
         pull.message().contains("failed to pull and unpack image"),
         "containerd's own error: {pull:?}"
     );
+
+    // Once no container uses it, the image goes from every side.
+    for pod in [&bb1, &bb2] {
+        node.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .unwrap();
+        node.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    node.images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: busybox.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage of an unused image");
+    assert!(node.image_status(BUSYBOX).await.is_none());
+    assert!(!ctrd.ctr(&["images", "ls", "-q"]).contains(BUSYBOX));
+    assert!(
+        node.image_status(IMAGE).await.is_some(),
+        "vimanad's image stays"
+    );
 }
 
 #[tokio::test]
@@ -469,6 +500,12 @@ async fn containerd_slow_killed_and_restarted_leaves_vimana_pods_serving() {
     assert!(condition("NetworkReady").unwrap().status);
     let d = condition("DownstreamRuntimeReady").expect("the downstream's condition");
     assert!(!d.status && d.reason == "DownstreamUnavailable", "{d:?}");
+    assert!(
+        node.log()
+            .contains("merged lists serve its last good (stale) answers"),
+        "the outage is logged: {}",
+        node.log()
+    );
 
     // Restarted: vimanad reconnects by itself; the pod kept running.
     ctrd.spawn();
