@@ -679,3 +679,126 @@ async fn default_handler_components_keeps_labelled_pods_on_default_with_vimanad(
     );
     node.remove_running_pod(&comp).await;
 }
+
+/// The real kubelet (standalone, static pods; the authfix build, whose CRI
+/// client sends `:authority: localhost`) on vimanad's socket only, with
+/// containerd downstream: a component static pod (labelled, on `""`, kept
+/// by `--default-handler-components`) and an ordinary one run side by side.
+/// Eviction and image GC are off: this shared machine's disk is often
+/// nearly full, and the kubelet would evict the pods and remove the images.
+#[tokio::test]
+async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() {
+    if !prerequisites(&["kubelet-authfix", "crictl"]) {
+        return;
+    }
+    let ctrd = Containerd::start();
+    let mut node = node_with(&ctrd, &["--default-handler-components"]).await;
+    let work = tempfile::Builder::new()
+        .prefix("kds")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let node_name = format!("kds-{}", std::process::id());
+    std::fs::write(
+        manifests.join("comp.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: comp\n  namespace: default\n  labels:\n    vimana.host/domain: example.com\n    vimana.host/service: {SERVICE}\n    vimana.host/version: 1.0.0\nspec:\n  containers:\n  - name: component\n    image: {IMAGE}\n    imagePullPolicy: Never\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("bb.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bb\n  namespace: default\nspec:\n  hostNetwork: true\n  containers:\n  - name: bb\n    image: {BUSYBOX}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; echo kubelet-busybox; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("unix://{}", node.socket().display());
+    let config = work.path().join("kubelet.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\ncontainerRuntimeEndpoint: {endpoint}\nimageServiceEndpoint: {endpoint}\ncgroupDriver: cgroupfs\ncgroupsPerQOS: false\nenforceNodeAllocatable: []\nfailSwapOn: false\nport: {}\nhealthzPort: {}\nreadOnlyPort: 0\nauthentication:\n  anonymous:\n    enabled: true\n  webhook:\n    enabled: false\nauthorization:\n  mode: AlwaysAllow\nfileCheckFrequency: 1s\nevictionHard:\n  memory.available: 1Mi\n  nodefs.available: 1Mi\n  imagefs.available: 1Mi\nimageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\n",
+            manifests.display(),
+            free_tcp_port(),
+            free_tcp_port()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(work.path().join("kubelet.log")).unwrap();
+    let mut kubelet = std::process::Command::new(containerd::tools_dir().join("kubelet-authfix"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--root-dir")
+        .arg(work.path().join("root"))
+        .args(["--hostname-override", &node_name, "--v", "2"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let socket = node.socket();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let running = loop {
+        let (_, out, _) = crictl(&socket, &["ps", "--state", "Running", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let names: Vec<(String, String)> = v["containers"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| {
+                        (
+                            c["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                            c["podSandboxId"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|(n, _)| n == "component") && names.iter().any(|(n, _)| n == "bb") {
+            break names;
+        }
+        if Instant::now() > deadline || kubelet.try_wait().unwrap().is_some() {
+            let _ = kubelet.kill();
+            let text = std::fs::read_to_string(work.path().join("kubelet.log")).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            panic!(
+                "the kubelet did not run both pods: {names:?}\n{}\nvimanad:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                node.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let pod_of = |name: &str| running.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert!(pod_of("component").contains('#'), "{running:?}");
+    assert!(is_containerd_id(&pod_of("bb")), "{running:?}");
+    let _ = kubelet.kill();
+    let _ = kubelet.wait();
+    // What the kubelet left: its pods (through vimanad) and its logs.
+    let pods = node
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    for pod in pods {
+        let (_, out, _) = crictl(&socket, &["ps", "-a", "-q", "--pod", &pod.id]);
+        for c in lines(&out) {
+            let _ = crictl(&socket, &["stop", "--timeout", "5", &c]);
+            let _ = crictl(&socket, &["rm", &c]);
+        }
+        let _ = crictl(&socket, &["stopp", &pod.id]);
+        let _ = crictl(&socket, &["rmp", &pod.id]);
+    }
+    for dir in ["/var/log/pods", "/var/log/containers"] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().contains(&node_name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    kill_processes_mentioning(work.path());
+}
