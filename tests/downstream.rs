@@ -727,7 +727,7 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
     )
     .unwrap();
     let log = std::fs::File::create(work.path().join("kubelet.log")).unwrap();
-    let mut kubelet = std::process::Command::new(containerd::tools_dir().join("kubelet-authfix"))
+    let kubelet = std::process::Command::new(containerd::tools_dir().join("kubelet-authfix"))
         .arg("--config")
         .arg(&config)
         .arg("--root-dir")
@@ -737,6 +737,12 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut kubelet = KubeletGuard {
+        child: kubelet,
+        work,
+        node_name: node_name.clone(),
+    };
+    let work = kubelet.work.path().to_owned();
     let socket = node.socket();
     let deadline = Instant::now() + Duration::from_secs(120);
     let running = loop {
@@ -758,9 +764,8 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
         if names.iter().any(|(n, _)| n == "component") && names.iter().any(|(n, _)| n == "bb") {
             break names;
         }
-        if Instant::now() > deadline || kubelet.try_wait().unwrap().is_some() {
-            let _ = kubelet.kill();
-            let text = std::fs::read_to_string(work.path().join("kubelet.log")).unwrap_or_default();
+        if Instant::now() > deadline || kubelet.child.try_wait().unwrap().is_some() {
+            let text = std::fs::read_to_string(work.join("kubelet.log")).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             panic!(
                 "the kubelet did not run both pods: {names:?}\n{}\nvimanad:\n{}",
@@ -773,9 +778,9 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
     let pod_of = |name: &str| running.iter().find(|(n, _)| n == name).unwrap().1.clone();
     assert!(pod_of("component").contains('#'), "{running:?}");
     assert!(is_containerd_id(&pod_of("bb")), "{running:?}");
-    let _ = kubelet.kill();
-    let _ = kubelet.wait();
-    // What the kubelet left: its pods (through vimanad) and its logs.
+    let _ = kubelet.child.kill();
+    let _ = kubelet.child.wait();
+    // Its pods, through vimanad (the guard removes the rest).
     let pods = node
         .runtime
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
@@ -792,13 +797,44 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
         let _ = crictl(&socket, &["stopp", &pod.id]);
         let _ = crictl(&socket, &["rmp", &pod.id]);
     }
-    for dir in ["/var/log/pods", "/var/log/containers"] {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().contains(&node_name) {
-                let _ = std::fs::remove_dir_all(entry.path());
-                let _ = std::fs::remove_file(entry.path());
+}
+
+/// Kills the kubelet and removes what it made: its root-dir bind mount,
+/// its processes, its pods' log directories.
+struct KubeletGuard {
+    child: std::process::Child,
+    work: tempfile::TempDir,
+    node_name: String,
+}
+
+impl Drop for KubeletGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_processes_mentioning(self.work.path());
+        let root = self.work.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        ours.reverse();
+        for m in ours {
+            let c = std::ffi::CString::new(m).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        for dir in ["/var/log/pods", "/var/log/containers"] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(&self.node_name)
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
     }
-    kill_processes_mentioning(work.path());
 }
