@@ -574,6 +574,84 @@ async fn without_a_downstream_other_handlers_are_refused_as_before() {
     assert!(refused.message().contains("runc"), "{refused:?}");
 }
 
+/// Runs `tool` (critest or critest-vimana) against `socket` with `args`;
+/// prints and returns (passed, summary), the log in /tmp/critest-downstream-NAME.txt.
+fn critest(tool: &str, socket: &std::path::Path, name: &str, args: &[&str]) -> (usize, String) {
+    let endpoint = format!("unix://{}", socket.display());
+    let out = std::process::Command::new(containerd::tools_dir().join(tool))
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+        ])
+        .args(args)
+        .arg("-ginkgo.no-color")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    std::fs::write(format!("/tmp/critest-downstream-{name}.txt"), &text).unwrap();
+    let summary = text
+        .lines()
+        .rfind(|l| l.contains("Passed") && l.contains("Failed"))
+        .unwrap_or("no summary")
+        .to_owned();
+    let passed: usize = summary
+        .split_whitespace()
+        .take_while(|w| *w != "Passed")
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let ran = text
+        .lines()
+        .find(|l| l.starts_with("Ran "))
+        .unwrap_or("")
+        .to_owned();
+    println!("{tool} {name}: {ran} — {summary}");
+    (passed, summary)
+}
+
+/// critest-vimana (component pods, handler `vimana`) against vimanad with
+/// and without a downstream: the component specs pass the same. Minutes
+/// long: `cargo test --test downstream -- --ignored critest_vimana --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn critest_vimana_component_specs_pass_the_same_with_a_downstream() {
+    if !prerequisites(&["critest-vimana"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let image = format!("{}/vimana-example:1.0.0", registry.host);
+    skopeo_copy(&example_image_tar(), &image, None);
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images.yaml");
+    std::fs::write(
+        &images,
+        format!("defaultTestContainerImage: {image}\nwebServerTestImage: {image}\n"),
+    )
+    .unwrap();
+    let images = images.display().to_string();
+    let args = ["--runtime-handler", "vimana", "--test-images-file", &images];
+    let alone = {
+        let node = Node::start_with(&["--insecure-registry", &registry.host]).await;
+        critest("critest-vimana", &node.socket(), "vimana-alone", &args).0
+    };
+    let ctrd = Containerd::start();
+    let node = node_with(&ctrd, &["--insecure-registry", &registry.host]).await;
+    let with = critest(
+        "critest-vimana",
+        &node.socket(),
+        "vimana-with-downstream",
+        &args,
+    )
+    .0;
+    assert!(
+        with >= alone,
+        "with a downstream {with} passed, alone {alone}"
+    );
+}
+
 /// The stock critest against containerd directly, then against vimanad
 /// with the same (fresh) containerd as its downstream, on the same local
 /// images (a plain-HTTP registry serving the busybox image as critest's
@@ -602,49 +680,15 @@ async fn critest_through_vimanad_scores_what_containerd_scores() {
         ),
     )
     .unwrap();
-    let run = |socket: &std::path::Path, name: &str| {
-        let endpoint = format!("unix://{}", socket.display());
-        let out = std::process::Command::new(containerd::tools_dir().join("critest"))
-            .args([
-                "--runtime-endpoint",
-                &endpoint,
-                "--image-endpoint",
-                &endpoint,
-            ])
-            .arg("--test-images-file")
-            .arg(&images)
-            .arg("-ginkgo.no-color")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        std::fs::write(format!("/tmp/critest-downstream-{name}.txt"), &text).unwrap();
-        let summary = text
-            .lines()
-            .rfind(|l| l.contains("Passed") && l.contains("Failed"))
-            .unwrap_or("no summary")
-            .to_owned();
-        let passed: usize = summary
-            .split_whitespace()
-            .take_while(|w| *w != "Passed")
-            .last()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let ran = text
-            .lines()
-            .find(|l| l.starts_with("Ran "))
-            .unwrap_or("")
-            .to_owned();
-        println!("critest {name}: {ran} — {summary}");
-        passed
-    };
+    let images = images.display().to_string();
+    let args = ["--test-images-file", images.as_str()];
     let direct = {
         let ctrd = Containerd::start_with_registry(Some(&registry.host));
-        run(&ctrd.socket(), "containerd")
+        critest("critest", &ctrd.socket(), "containerd", &args).0
     };
     let ctrd = Containerd::start_with_registry(Some(&registry.host));
     let node = node_with(&ctrd, &["--insecure-registry", &registry.host]).await;
-    let through = run(&node.socket(), "vimanad");
+    let through = critest("critest", &node.socket(), "vimanad", &args).0;
     assert!(
         through >= direct,
         "critest through vimanad passed {through}, containerd directly {direct} (logs in /tmp/critest-downstream-*.txt)"

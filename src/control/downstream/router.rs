@@ -65,7 +65,13 @@ impl RuntimeService for Router {
     ) -> Reply<cri::StopPodSandboxResponse> {
         match self.owner(&req.get_ref().pod_sandbox_id) {
             None => self.vimana.stop_pod_sandbox(req).await,
-            Some(d) => forward!(d, req, Kind::Mutate, stop_pod_sandbox, "StopPodSandbox"),
+            Some(d) => idempotent(forward!(
+                d,
+                req,
+                Kind::Mutate,
+                stop_pod_sandbox,
+                "StopPodSandbox"
+            )),
         }
     }
 
@@ -75,7 +81,13 @@ impl RuntimeService for Router {
     ) -> Reply<cri::RemovePodSandboxResponse> {
         match self.owner(&req.get_ref().pod_sandbox_id) {
             None => self.vimana.remove_pod_sandbox(req).await,
-            Some(d) => forward!(d, req, Kind::Mutate, remove_pod_sandbox, "RemovePodSandbox"),
+            Some(d) => idempotent(forward!(
+                d,
+                req,
+                Kind::Mutate,
+                remove_pod_sandbox,
+                "RemovePodSandbox"
+            )),
         }
     }
 
@@ -122,7 +134,13 @@ impl RuntimeService for Router {
     ) -> Reply<cri::StopContainerResponse> {
         match self.owner(&req.get_ref().container_id) {
             None => self.vimana.stop_container(req).await,
-            Some(d) => forward!(d, req, Kind::Mutate, stop_container, "StopContainer"),
+            Some(d) => idempotent(forward!(
+                d,
+                req,
+                Kind::Mutate,
+                stop_container,
+                "StopContainer"
+            )),
         }
     }
 
@@ -132,7 +150,13 @@ impl RuntimeService for Router {
     ) -> Reply<cri::RemoveContainerResponse> {
         match self.owner(&req.get_ref().container_id) {
             None => self.vimana.remove_container(req).await,
-            Some(d) => forward!(d, req, Kind::Mutate, remove_container, "RemoveContainer"),
+            Some(d) => idempotent(forward!(
+                d,
+                req,
+                Kind::Mutate,
+                remove_container,
+                "RemoveContainer"
+            )),
         }
     }
 
@@ -379,6 +403,16 @@ impl RuntimeService for Router {
     }
 }
 
+/// Stop and Remove of a pod or container that is gone succeed, as CRI
+/// says they must (containerd 1.6 answers NotFound for an absent one;
+/// vimanad's own side already succeeds).
+fn idempotent<T: Default>(reply: Reply<T>) -> Reply<T> {
+    match reply {
+        Err(e) if e.code() == Code::NotFound => Ok(Response::new(T::default())),
+        other => other,
+    }
+}
+
 /// Appends the downstream's conditions, handlers and info to vimanad's.
 pub(super) fn merge_status(
     mine: &mut cri::StatusResponse,
@@ -454,6 +488,14 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn stopping_or_removing_what_is_gone_succeeds() {
+        let gone: Reply<cri::StopContainerResponse> = Err(Status::not_found("no such container"));
+        assert!(idempotent(gone).is_ok());
+        let down: Reply<cri::StopContainerResponse> = Err(Status::unavailable("down"));
+        assert_eq!(idempotent(down).unwrap_err().code(), Code::Unavailable);
     }
 
     #[test]
