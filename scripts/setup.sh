@@ -11,8 +11,11 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
-    containerd        # the sandbox tests run the hostile image under runc too
-    runc              #   (tests/sandbox_runc.rs) to compare
+    containerd        # the downstream CRI runtime (tests/downstream.rs), and the
+                      #   sandbox tests run the hostile image under runc too
+    runc              #   (tests/sandbox_runc.rs); containerd's OCI runtime
+    busybox-static    # the downstream tests' ordinary image
+    iproute2          # `ip`, in the downstream tests' loopback-only CNI
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -53,6 +53,12 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "cgroup-parent" => ("\"vimanad-cfg\"", "vimanad-cfg"),
         "log-format" => ("\"json\"", "json"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
+        "downstream-cri" => (
+            "\"unix:///run/cfg/containerd.sock\"",
+            "unix:///run/cfg/containerd.sock",
+        ),
+        "downstream-timeout" => ("\"5s\"", "5s"),
+        "default-handler-components" => ("true", "true"),
         _ => return None,
     })
 }

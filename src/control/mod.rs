@@ -7,6 +7,7 @@
 mod authority;
 pub mod container;
 pub mod cri;
+pub mod downstream;
 mod error;
 pub mod image;
 mod lifecycle;
@@ -45,6 +46,12 @@ pub async fn serve(
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
     }
     let cri = cri::Cri::new(Arc::clone(&runtime));
+    // Every CRI call passes the router: to vimanad or the downstream.
+    let cri = downstream::Router::new(
+        cri,
+        &runtime.config.runtime_handler,
+        runtime.config.downstream.as_ref(),
+    );
     tracing::info!(socket = %socket.display(), "serving CRI");
     // Every client is served whatever `:authority` it sends (authority.rs).
     let incoming = tokio_stream::StreamExt::map(
