@@ -296,10 +296,11 @@ mod tests {
         let hex = "ab".repeat(32);
         assert_eq!(sides(&[""]), (true, true));
         assert_eq!(sides(&["", ""]), (true, true));
-        assert_eq!(sides(&["d:s@1#0"]), (true, false));
+        assert_eq!(sides(&["d.io:s@1.0.0#0"]), (true, false));
+        assert_eq!(sides(&["d.io:s@1.0.0#0.3"]), (true, false));
         assert_eq!(sides(&[&hex]), (false, true));
         assert_eq!(sides(&["", &hex]), (false, true));
         // A container of one side in a pod of the other: nobody has it.
-        assert_eq!(sides(&["d:s@1#0", &hex]), (false, false));
+        assert_eq!(sides(&["d.io:s@1.0.0#0", &hex]), (false, false));
     }
 }
