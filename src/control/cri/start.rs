@@ -147,16 +147,7 @@ impl Runtime {
             cgroups: cgroups.clone(),
             log_path: inputs.log_path.clone(),
         };
-        let spec = launch_spec(
-            cid,
-            &inputs.sandbox,
-            &inputs.config,
-            &inputs.image.config,
-            &inputs.socket_dir,
-            &inputs.dir,
-            placement,
-            &self.config.seccomp_profile_root,
-        )?;
+        let spec = launch_spec(cid, inputs, placement, &self.config.seccomp_profile_root)?;
         // The component's user owns its socket directory (in a user
         // namespace: the node's ids its own map to).
         let owner = match &spec.sandbox.user_namespace {
@@ -355,14 +346,17 @@ impl Runtime {
 /// replaces the image entrypoint (and drops its cmd); CRI args replace cmd.
 fn launch_spec(
     id: &ContainerId,
-    sandbox: &cri::PodSandboxConfig,
-    config: &cri::ContainerConfig,
-    image: &ImageConfig,
-    socket_dir: &Path,
-    dir: &Path,
+    inputs: &Inputs,
     placement: Placement,
     seccomp_profile_root: &Path,
 ) -> Result<LaunchSpec, Error> {
+    let (sandbox, config, image, socket_dir, dir): (_, _, &ImageConfig, &Path, &Path) = (
+        &inputs.sandbox,
+        &inputs.config,
+        &inputs.image.config,
+        &inputs.socket_dir,
+        &inputs.dir,
+    );
     let pod_sandbox = security::from_cri(sandbox, config, seccomp_profile_root)
         .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
     let mut args = if config.command.is_empty() {
