@@ -11,11 +11,14 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
+    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs),
+                      #   shell commands the streaming tests exec, the downstream
+                      #   tests' ordinary image
     containerd        # the downstream CRI runtime (tests/downstream.rs), and the
                       #   sandbox tests run the hostile image under runc too
     runc              #   (tests/sandbox_runc.rs); containerd's OCI runtime
-    busybox-static    # the downstream tests' ordinary image
     iproute2          # `ip`, in the downstream tests' loopback-only CNI
+    prometheus        # a real scraper of /metrics (and promtool) in the tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node runtime: CRI on a Unix socket.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Manage the local image store.
     #[command(subcommand)]
@@ -41,6 +42,12 @@ enum Command {
     /// Internal: the per-container shim started by `serve`.
     #[command(hide = true)]
     Shim { spec: PathBuf },
+    /// Internal: runs one exec'd command inside a running container.
+    #[command(hide = true)]
+    ExecShim { request: String },
+    /// Internal: a container's attach relay, started by its shim.
+    #[command(hide = true)]
+    AttachRelay { fds: String },
 }
 
 #[derive(Args)]
@@ -76,6 +83,10 @@ struct ServeArgs {
         default_value = "/run/vimanad/vimanad.sock"
     )]
     cri_socket: PathBuf,
+    /// The CRI streaming server (exec, attach, port-forward): the TCP
+    /// address it listens on and its URLs point at; port 0 picks a free one.
+    #[arg(long, env = "VIMANAD_STREAM_ADDRESS", default_value = "127.0.0.1:0")]
+    stream_address: std::net::SocketAddr,
     /// How long StartContainer waits for a component to serve gRPC.
     #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
     start_timeout: Duration,
@@ -135,6 +146,11 @@ struct ServeArgs {
     /// HTTP; repeatable. Every other registry, loopback included, is HTTPS.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registry: Vec<String>,
+    /// The operator's endpoint (HTTP): /metrics (Prometheus), /healthz,
+    /// /readyz, /debug/pool; `off` switches it off. Loopback by default:
+    /// expose it deliberately.
+    #[arg(long, default_value = "127.0.0.1:9475", value_parser = cli::parse_listen_or_off)]
+    metrics_listen: cli::ListenOrOff,
     /// Benchmarks only (hidden from --help): the control thread rebuilds
     /// and publishes the pod pool's routing snapshot at this interval, as a
     /// stream of pod changes would, so the data plane can be measured while
@@ -296,6 +312,13 @@ fn main() -> std::process::ExitCode {
     if let Command::Shim { spec } = &cli.command {
         return std::process::ExitCode::from(control::container::shim::main(spec) as u8);
     }
+    // Same for the exec helper: it setns's into a container and forks.
+    if let Command::ExecShim { request } = &cli.command {
+        return std::process::ExitCode::from(control::streaming::exec_shim::main(request) as u8);
+    }
+    if let Command::AttachRelay { fds } = &cli.command {
+        return std::process::ExitCode::from(control::container::attach::relay_main(fds) as u8);
+    }
     // `call` exits with the call's grpc-status, so it returns its own code.
     let command = match cli.command {
         Command::Call(args) => {
@@ -321,7 +344,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
         Command::Config(cmd) => config_command(cmd),
-        Command::Shim { .. } | Command::Call(_) => unreachable!("handled in main"),
+        Command::Shim { .. }
+        | Command::ExecShim { .. }
+        | Command::AttachRelay { .. }
+        | Command::Call(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -370,11 +398,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--republish-every must be longer than zero"
     );
     let publisher = vimanad::pool::Publisher::new();
+    let shard_count = args
+        .shards
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len()))
+        .max(1);
+    let node_metrics = vimanad::pool::metrics::NodeMetrics::new(shard_count, publisher.slots());
     let data_plane = shard::Config {
         listen: args.listen,
-        shards: args
-            .shards
-            .unwrap_or_else(|| core_affinity::get_core_ids().map_or(1, |c| c.len())),
+        metrics: std::sync::Arc::clone(&node_metrics),
+        shards: shard_count,
         tls: shard::tls_files(args.tls_cert, args.tls_key, &args.state.state_dir)
             .context("prepare the TLS certificate")?,
         idle_timeout: args.idle_timeout,
@@ -391,6 +423,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state_dir: args.state.state_dir,
         run_dir: args.run_dir,
         cri_socket: args.cri_socket,
+        stream_address: args.stream_address,
         start_timeout: args.start_timeout,
         pod_ip: args.pod_ip.unwrap_or_else(detect_node_ip),
         runtime_handler: args.runtime_handler,
@@ -407,6 +440,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 timeout: args.downstream_timeout,
                 components_on_default: args.default_handler_components,
             }),
+        metrics_listen: args.metrics_listen.0,
+        data_plane_metrics: Some(node_metrics),
     };
     // The control thread: one tokio runtime on one thread (SPEC.md §2).
     let control = std::thread::Builder::new()

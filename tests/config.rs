@@ -51,7 +51,11 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "idle-timeout" => ("\"45s\"", "45s"),
         "drain-timeout" => ("\"3s\"", "3s"),
         "cgroup-parent" => ("\"vimanad-cfg\"", "vimanad-cfg"),
+        "stream-address" => ("\"127.0.0.1:10010\"", "127.0.0.1:10010"),
+        "seccomp-profile-root" => ("\"/tmp/vimanad-cfg/seccomp\"", "/tmp/vimanad-cfg/seccomp"),
+        "pids-limit" => ("77", "77"),
         "log-format" => ("\"json\"", "json"),
+        "metrics-listen" => ("\"127.0.0.1:9999\"", "127.0.0.1:9999"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
         "downstream-cri" => (
             "\"unix:///run/cfg/containerd.sock\"",
@@ -114,7 +118,11 @@ fn the_default_file_is_valid_toml_that_changes_nothing() {
     let uncommented: String = text
         .lines()
         .filter_map(|l| l.strip_prefix("# "))
-        .filter(|l| l.contains(" = ") && !l.contains("(no default)"))
+        .filter(|l| {
+            l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            }) && !l.contains("(no default)")
+        })
         .filter(|l| !l.starts_with("insecure-registry"))
         .map(|l| format!("{l}\n"))
         .collect();
@@ -207,7 +215,8 @@ fn serve_runs_from_the_file_and_flags_win() {
         &file,
         format!(
             "state-dir = {:?}\nrun-dir = {:?}\ncri-socket = {:?}\nlisten = \"{listen}\"\n\
-             shards = 1\ncgroup-parent = \"vimanad-cfg-test\"\nstart-timeout = \"9s\"\n",
+             shards = 1\ncgroup-parent = \"vimanad-cfg-test\"\nstart-timeout = \"9s\"\n\
+             metrics-listen = \"127.0.0.1:0\"\n",
             p("state"),
             p("run"),
             p("cri.sock"),

@@ -17,7 +17,7 @@ pub fn read_rows(config: &Config, rows: &mut Vec<Row>) {
     let (pool, _) = pool_of(10);
     let publisher = Publisher::new();
     publisher.publish(&pool);
-    let arc = Arc::new(Snapshot::build(&pool, 1));
+    let arc = Arc::new(Snapshot::build(&pool, 1, &Default::default()));
 
     // One thread.
     let mut reader = publisher.reader();
@@ -110,6 +110,7 @@ pub fn publish_rows(config: &Config, rows: &mut Vec<Row>) {
         // A reader that keeps up, as a shard would (it releases each old
         // snapshot on its next call, so publish frees the one before).
         let mut reader = publisher.reader();
+        let slots = vimanad::pool::metrics::ComponentSlots::default();
         let mut generation = 0;
         let (t, b) = side_by_side(
             config,
@@ -122,7 +123,7 @@ pub fn publish_rows(config: &Config, rows: &mut Vec<Row>) {
             |w| {
                 ns_per_op(w, || {
                     generation += 1;
-                    black_box(Snapshot::build(black_box(&pool), generation));
+                    black_box(Snapshot::build(black_box(&pool), generation, &slots));
                 })
             },
         );

@@ -13,7 +13,7 @@ use crate::timing::{ns_per_op, side_by_side};
 pub fn route_rows(config: &Config, rows: &mut Vec<Row>) {
     for n in [10, 1_000, 100_000] {
         let (pool, keys) = pool_of(n);
-        let snapshot = Snapshot::build(&pool, 1);
+        let snapshot = Snapshot::build(&pool, 1, &Default::default());
         let joined: Vec<String> = keys.iter().map(|(d, s)| format!("{d}/{s}")).collect();
         let map: HashMap<String, usize> = joined
             .iter()

@@ -84,7 +84,7 @@ fn checkout_snapshot(pods: usize, socket: &std::path::Path) -> Snapshot {
             vimanad::pool::Peer::of_pid(std::process::id() as i32).expect("own PID namespace");
         pool.set_running(&id, socket.to_path_buf(), 1, peer);
     }
-    Snapshot::build(&pool, 1)
+    Snapshot::build(&pool, 1, &Default::default())
 }
 
 pub fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {

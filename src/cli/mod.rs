@@ -25,3 +25,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOrOff(pub Option<std::net::SocketAddr>);
+
+pub fn parse_listen_or_off(s: &str) -> Result<ListenOrOff, String> {
+    if s == "off" {
+        return Ok(ListenOrOff(None));
+    }
+    s.parse()
+        .map(|a| ListenOrOff(Some(a)))
+        .map_err(|_| format!("invalid address {s:?} (HOST:PORT, e.g. 127.0.0.1:9475, or off)"))
+}

@@ -26,9 +26,19 @@ pub enum Lifecycle {
     Killed,
 }
 
-impl fmt::Display for Lifecycle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Lifecycle {
+    pub const ALL: [Lifecycle; 7] = [
+        Lifecycle::Initiated,
+        Lifecycle::Created,
+        Lifecycle::Starting,
+        Lifecycle::Running,
+        Lifecycle::Stopped,
+        Lifecycle::Removed,
+        Lifecycle::Killed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
             Lifecycle::Initiated => "initiated",
             Lifecycle::Created => "created",
             Lifecycle::Starting => "starting",
@@ -36,7 +46,13 @@ impl fmt::Display for Lifecycle {
             Lifecycle::Stopped => "stopped",
             Lifecycle::Removed => "removed",
             Lifecycle::Killed => "killed",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -11,10 +11,13 @@ pub mod downstream;
 mod error;
 pub mod image;
 mod lifecycle;
+pub mod metrics;
 mod persist;
 mod recover;
 mod runtime;
 mod state;
+mod stats;
+pub mod streaming;
 mod transaction;
 
 use std::future::Future;
@@ -39,14 +42,32 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let socket = config.cri_socket.clone();
     let listener = bind_socket(&socket)?;
+    let metrics = metrics::Metrics::new(config.data_plane_metrics.clone());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.map_err(Error::io(format!(
+            "bind the metrics listener on {addr} (--metrics-listen)"
+        )))?),
+        None => None,
+    };
     let runtime = Runtime::new(config, publisher)?;
     runtime.recover()?;
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving metrics");
+        tokio::spawn(metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&runtime),
+        ));
+    }
     if let Some(every) = runtime.config.republish_every {
         // Benchmarks only: see `Runtime::republish_every`.
         tokio::spawn(Runtime::republish_every(Arc::downgrade(&runtime), every));
     }
-    let cri = cri::Cri::new(Arc::clone(&runtime));
-    // Every CRI call passes the router: to vimanad or the downstream.
+    let streaming = streaming::Server::start(Arc::clone(&runtime)).await?;
+    let cri = cri::Cri::new(Arc::clone(&runtime), streaming);
+    // Every CRI call passes the router: to vimanad or the downstream. It
+    // sits inside the metrics layer (both sides' calls are counted) and
+    // vimanad's own Exec/Attach/PortForward still reach its streaming server.
     let cri = downstream::Router::new(
         cri,
         &runtime.config.runtime_handler,
@@ -59,7 +80,9 @@ pub async fn serve(
         |conn| conn.map(authority::FixedAuthority::new),
     );
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    metrics.set_ready();
     let server = tonic::transport::Server::builder()
+        .layer(metrics::CriLayer::new(Arc::clone(&metrics)))
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(cri).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(incoming, async move {

@@ -26,6 +26,8 @@ pub struct Config {
     /// Volatile state: pod socket directories.
     pub run_dir: PathBuf,
     pub cri_socket: PathBuf,
+    /// Where the CRI streaming server listens (port 0: any free port).
+    pub stream_address: std::net::SocketAddr,
     /// How long StartContainer waits for a component to become ready.
     pub start_timeout: Duration,
     /// The IP reported for every pod: the node's data-plane address.
@@ -48,6 +50,11 @@ pub struct Config {
     /// The downstream CRI runtime pods of other handlers go to
     /// (`serve --downstream-cri`); `None` refuses them.
     pub downstream: Option<super::downstream::Settings>,
+    /// Where the operator's endpoint listens (`/metrics`, `/healthz`,
+    /// `/readyz`, `/debug/pool`); `None` switches it off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The shards' counter blocks, read when scraped.
+    pub data_plane_metrics: Option<Arc<crate::pool::metrics::NodeMetrics>>,
 }
 
 pub struct Runtime {
@@ -107,6 +114,24 @@ impl Runtime {
         self.store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The publisher, for inspection (`/debug/pool`).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// How many pods are in each lifecycle state, every state listed
+    /// (for `/metrics`).
+    pub fn pods_by_state(&self) -> Vec<(&'static str, usize)> {
+        let store = self.store();
+        super::lifecycle::Lifecycle::ALL
+            .iter()
+            .map(|&state| {
+                let n = store.pods.values().filter(|p| p.lifecycle == state).count();
+                (state.name(), n)
+            })
+            .collect()
     }
 
     /// Publishes the pod pool to the shards if routing changed since the

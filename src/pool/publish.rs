@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::metrics::ComponentSlots;
 use super::{PodPool, Snapshot};
 
 struct Shared {
@@ -29,6 +30,10 @@ pub struct Publisher {
     shared: Arc<Shared>,
     /// Replaced snapshots that a reader may still hold (control side only).
     retired: Mutex<Vec<Arc<Snapshot>>>,
+    /// The metric slot of each component version published so far.
+    slots: Arc<ComponentSlots>,
+    /// When the current generation was published.
+    published_at: Mutex<std::time::SystemTime>,
 }
 
 /// A shard's handle: the current snapshot, refreshed when it changed.
@@ -45,15 +50,33 @@ impl Publisher {
                 generation: AtomicU64::new(0),
             }),
             retired: Mutex::new(Vec::new()),
+            slots: Arc::default(),
+            published_at: Mutex::new(std::time::SystemTime::now()),
         }
+    }
+
+    /// The component slots the shards' metrics are indexed by.
+    pub fn slots(&self) -> Arc<ComponentSlots> {
+        Arc::clone(&self.slots)
+    }
+
+    /// The current snapshot and when it was published (control side, for
+    /// inspection: it clones the `Arc` through the cell).
+    pub fn current(&self) -> (Arc<Snapshot>, std::time::SystemTime) {
+        let at = *self.published_at.lock().unwrap_or_else(|p| p.into_inner());
+        (self.shared.cell.read().unwrap_or_default(), at)
     }
 
     /// Publishes a snapshot of `pool`. When this returns, every reader's
     /// next [`Reader::current`] sees it.
     pub fn publish(&self, pool: &PodPool) -> u64 {
         let generation = self.shared.generation.load(Ordering::Relaxed) + 1;
-        let replaced = self.shared.cell.write(Snapshot::build(pool, generation));
+        let replaced = self
+            .shared
+            .cell
+            .write(Snapshot::build(pool, generation, &self.slots));
         self.shared.generation.store(generation, Ordering::Release);
+        *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::SystemTime::now();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         // Only the cell hands out references, and it no longer holds these:
         // a count of one is ours alone, and stays so.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::metrics::ComponentSlots;
 use super::{Endpoint, PodPool};
 
 #[derive(Debug, Default)]
@@ -27,6 +28,8 @@ pub struct Version {
     /// The running containers; empty when the component has pods but none
     /// runs.
     pub endpoints: Arc<[Endpoint]>,
+    /// Where the shards count this version's calls (see `pool::metrics`).
+    pub slot: u32,
 }
 
 /// The answer to a routing question.
@@ -46,7 +49,7 @@ pub enum Route<'a> {
 
 impl Snapshot {
     /// Builds the snapshot of `pool` as generation `generation`.
-    pub fn build(pool: &PodPool, generation: u64) -> Self {
+    pub fn build(pool: &PodPool, generation: u64, slots: &ComponentSlots) -> Self {
         let mut domains: HashMap<Box<str>, HashMap<Box<str>, Service>> = HashMap::new();
         let mut components: Vec<_> = pool.known_components().collect();
         components.sort();
@@ -61,6 +64,7 @@ impl Snapshot {
             service.versions.push(Version {
                 version: component.version().clone(),
                 endpoints,
+                slot: slots.slot(component),
             });
         }
         for services in domains.values_mut() {
@@ -110,6 +114,15 @@ impl Snapshot {
     }
 
     /// Every running endpoint, for shards dropping upstreams that left.
+    /// Every (domain, service, version), for inspection (`/debug/pool`).
+    pub fn versions(&self) -> impl Iterator<Item = (&str, &str, &Version)> {
+        self.domains.iter().flat_map(|(domain, services)| {
+            services.iter().flat_map(move |(service, s)| {
+                s.versions.iter().map(move |v| (&**domain, &**service, v))
+            })
+        })
+    }
+
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.domains
             .values()
@@ -157,7 +170,7 @@ mod tests {
 
     #[test]
     fn routes_by_domain_service_and_version() {
-        let snap = Snapshot::build(&pool(), 7);
+        let snap = Snapshot::build(&pool(), 7, &ComponentSlots::default());
         assert_eq!(snap.generation(), 7);
         // Newest version with a running container: 2.0.0 (3.0.0-rc.1 has none).
         assert_eq!(ordinals(snap.route("x.com", "a.S", None)), vec![2]);

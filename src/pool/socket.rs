@@ -68,6 +68,7 @@ pub fn connect(socket: &Path, expect: Option<Peer>) -> io::Result<UnixStream> {
             e
         }
     })?;
+    // SAFETY: `stat` is plain old data; all zeroes is a valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on a descriptor this function owns.
     if unsafe { libc::fstat(target.as_raw_fd(), &mut stat) } != 0 {
@@ -116,6 +117,7 @@ pub fn connect(socket: &Path, expect: Option<Peer>) -> io::Result<UnixStream> {
         ));
     }
     if let Some(expect) = expect {
+        // SAFETY: `ucred` is plain old data; all zeroes is a valid value.
         let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
         // SAFETY: SO_PEERCRED into a ucred of `len` bytes.

@@ -15,6 +15,7 @@ use quiche::ConnectionId;
 use ring::hmac;
 
 use super::token::{self, RetryTokens};
+use crate::pool::metrics::Drop;
 
 /// Our connection IDs' length.
 pub const CONN_ID_LEN: usize = quiche::MAX_CONN_ID_LEN;
@@ -22,9 +23,15 @@ const MAX_DATAGRAM: usize = super::MAX_DATAGRAM;
 
 /// Why an Initial got no connection.
 pub enum Refused {
-    /// A stateless answer (version negotiation, retry).
-    Reply(Vec<u8>),
-    Drop,
+    /// A stateless answer.
+    Reply(Vec<u8>, Reply),
+    Drop(Drop),
+}
+
+/// Which stateless answer.
+pub enum Reply {
+    VersionNegotiation,
+    Retry,
 }
 
 pub struct Acceptor {
@@ -72,18 +79,21 @@ impl Acceptor {
         count: usize,
         draining: bool,
     ) -> Result<(ConnectionId<'static>, quiche::Connection), Refused> {
-        if header.ty != quiche::Type::Initial || draining {
-            return Err(Refused::Drop);
+        if header.ty != quiche::Type::Initial {
+            return Err(Refused::Drop(Drop::UnknownConnection));
+        }
+        if draining {
+            return Err(Refused::Drop(Drop::Draining));
         }
         let mut out = vec![0u8; MAX_DATAGRAM];
         if !quiche::version_is_supported(header.version) {
             let len = quiche::negotiate_version(&header.scid, &header.dcid, &mut out)
-                .map_err(|_| Refused::Drop)?;
+                .map_err(|_| Refused::Drop(Drop::Malformed))?;
             out.truncate(len);
-            return Err(Refused::Reply(out));
+            return Err(Refused::Reply(out, Reply::VersionNegotiation));
         }
         if count >= self.max_connections {
-            return Err(Refused::Drop);
+            return Err(Refused::Drop(Drop::ConnectionLimit));
         }
         let mut scid = self.conn_id_for(&header.dcid);
         // Address validation once the shard is busy: a Retry costs the
@@ -101,9 +111,9 @@ impl Acceptor {
                         header.version,
                         &mut out,
                     )
-                    .map_err(|_| Refused::Drop)?;
+                    .map_err(|_| Refused::Drop(Drop::Malformed))?;
                     out.truncate(len);
-                    return Err(Refused::Reply(out));
+                    return Err(Refused::Reply(out, Reply::Retry));
                 }
                 Some(token) => match self.tokens.validate(token, from, token::now_secs()) {
                     Some(id) => {
@@ -112,14 +122,14 @@ impl Acceptor {
                         // gave it there.
                         scid = header.dcid.clone().into_owned();
                     }
-                    None => return Err(Refused::Drop),
+                    None => return Err(Refused::Drop(Drop::InvalidToken)),
                 },
             }
         }
         let quic = {
             let mut config = self.quic_config.borrow_mut();
             quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut config)
-                .map_err(|_| Refused::Drop)?
+                .map_err(|_| Refused::Drop(Drop::Rejected))?
         };
         Ok((scid, quic))
     }

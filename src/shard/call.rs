@@ -3,10 +3,11 @@
 //! deadline, and answer every failure with a gRPC status (`respond.rs`).
 //!
 //! A call sees only its [`CallContext`]: its end of the stream, the shard's
-//! routing reader and upstream pool, and a waker for its connection. It
-//! never sends and never touches the connection or the shard.
+//! routing reader and upstream pool, a waker for its connection, and the
+//! shard's counters. It never sends and never touches the connection or
+//! the shard.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -17,11 +18,13 @@ use h2::client::ResponseFuture;
 use h2::SendStream;
 use quiche::h3::{Header, NameValue};
 
+use super::counters::Counters;
 use super::flush::ConnWaker;
 use super::grpc::{parse_timeout, FrameLimiter};
 use super::respond::{self, CallError};
 use super::stream::{CallStream, Inbound};
 use super::upstream::Upstreams;
+use crate::pool::metrics::{ComponentMetrics, GRPC_CODES, SLOT_NONE};
 use crate::pool::{Reader, Route};
 
 /// All a call may use.
@@ -36,16 +39,59 @@ pub struct CallContext {
     pub waker: ConnWaker,
     /// Largest request message, in bytes.
     pub max_message_size: usize,
+    /// The shard's counters.
+    pub counters: Rc<Counters>,
+    /// What the call's counters need to know as it goes.
+    pub observed: Observed,
+}
+
+/// What a call learns on its way that its counters need: the component
+/// slot once routed, the component's gRPC status once seen.
+#[derive(Default)]
+pub struct Observed {
+    slot: Cell<u32>,
+    status: Cell<Option<u8>>,
+}
+
+impl Observed {
+    fn metrics<'c>(&self, counters: &'c Counters) -> &'c ComponentMetrics {
+        counters.get().component(self.slot.get())
+    }
+
+    /// The component's `grpc-status`, from its trailers or trailers-only
+    /// headers.
+    fn status_from(&self, headers: &http::HeaderMap) {
+        if let Some(code) = headers
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .filter(|&c| (c as usize) < GRPC_CODES)
+        {
+            self.status.set(Some(code));
+        }
+    }
 }
 
 /// Runs one call to completion; its stream's output ends with a status.
 /// Returns the error the data plane answered with, if it did.
 pub async fn run(ctx: CallContext, headers: Vec<Header>) -> Option<CallError> {
+    let started = Instant::now();
     let outcome = proxy(&ctx, &headers).await.err();
     if let Some(error) = &outcome {
         respond::answer(&ctx.stream, error);
     }
     ctx.waker.wake();
+    let code = match &outcome {
+        Some(error) => error.code() as usize,
+        // A response without a status is answered UNAVAILABLE by respond.
+        None => ctx.observed.status.get().map_or(14, usize::from),
+    };
+    let metrics = ctx.observed.metrics(&ctx.counters);
+    metrics.calls[code].inc();
+    metrics.latency.observe(started.elapsed());
+    if ctx.observed.slot.get() != SLOT_NONE {
+        metrics.active.dec();
+    }
     outcome
 }
 
@@ -151,6 +197,8 @@ async fn proxy(ctx: &CallContext, headers: &[Header]) -> Result<(), CallError> {
                 )))
             }
         };
+        ctx.observed.slot.set(version.slot);
+        ctx.observed.metrics(&ctx.counters).active.inc();
         let endpoint = upstreams.pick(&version.endpoints);
         upstreams.checkout(endpoint)
     };
@@ -283,6 +331,10 @@ async fn upload_body(ctx: &CallContext, body_tx: &mut SendStream<Bytes>) -> Resu
                 }
             };
             let chunk = data.split_to(capacity.min(data.len()));
+            ctx.observed
+                .metrics(&ctx.counters)
+                .bytes_in
+                .add(chunk.len() as u64);
             body_tx.send_data(chunk, false).map_err(|e| {
                 CallError::Unavailable(format!("the component's stream failed: {e}"))
             })?;
@@ -301,6 +353,7 @@ async fn download(
         |e: h2::Error| CallError::Unavailable(format!("the component failed the call: {e}"));
     let response = response.await.map_err(unavailable)?;
     let (parts, mut body) = response.into_parts();
+    ctx.observed.status_from(&parts.headers);
     let headers = respond::response_headers(parts.status, &parts.headers, deadline);
     io.send_headers(headers, body.is_end_stream());
     ctx.waker.wake();
@@ -310,6 +363,10 @@ async fn download(
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(unavailable)?;
         let len = chunk.len();
+        ctx.observed
+            .metrics(&ctx.counters)
+            .bytes_out
+            .add(len as u64);
         let _ = body.flow_control().release_capacity(len);
         io.push_outbound(chunk);
         ctx.waker.wake();
@@ -318,6 +375,9 @@ async fn download(
         }
     }
     let trailers = body.trailers().await.map_err(unavailable)?;
+    if let Some(trailers) = &trailers {
+        ctx.observed.status_from(trailers);
+    }
     io.send_trailers(respond::response_trailers(trailers.as_ref(), deadline));
     ctx.waker.wake();
     Ok(())

@@ -36,6 +36,8 @@ pub struct ConnSettings {
     pub max_streams: usize,
     /// The shard's index, for logs.
     pub shard: usize,
+    /// The shard's counters (handshakes completed, streams refused).
+    pub counters: Rc<super::counters::Counters>,
 }
 
 pub struct Conn {
@@ -104,6 +106,7 @@ impl Conn {
                 Ok(conn) => {
                     *h3 = Some(conn);
                     *wrote = true; // SETTINGS
+                    settings.counters.get().handshakes_done.inc();
                 }
                 Err(e) => {
                     tracing::debug!(shard = settings.shard, error = %e, "HTTP/3 setup failed");
@@ -123,6 +126,7 @@ impl Conn {
                             continue; // request trailers: gRPC clients send none
                         }
                         if *draining || streams.len() >= settings.max_streams {
+                            settings.counters.get().streams_refused.inc();
                             let _ = quic.stream_shutdown(
                                 stream_id,
                                 quiche::Shutdown::Read,

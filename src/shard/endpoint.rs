@@ -16,14 +16,16 @@ use futures::future::{select, Either};
 use glommio::net::UdpSocket;
 use quiche::ConnectionId;
 
-use super::accept::{Acceptor, Refused, CONN_ID_LEN};
+use super::accept::{Acceptor, Refused, Reply, CONN_ID_LEN};
 use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
+use super::counters::Counters;
 use super::flush::{ConnWaker, FlushQueue, Wire};
 use super::respond::CallError;
 use super::udp::{self, RecvBatch, SendBatch};
 use super::upstream::Upstreams;
 use super::Settings;
+use crate::pool::metrics::{Drop, ShardMetrics};
 use crate::pool::Reader;
 
 const MAX_DATAGRAM: usize = super::MAX_DATAGRAM;
@@ -41,20 +43,11 @@ pub struct Shard {
     routes: Rc<RefCell<Reader>>,
     upstreams: Rc<Upstreams>,
     settings: Settings,
-    pub stats: Stats,
+    /// This shard's block of the node's metrics.
+    counters: Rc<Counters>,
     draining: Cell<bool>,
     /// Connections with news (see flush.rs).
     queue: Rc<FlushQueue>,
-}
-
-/// Per-shard counters (plain cells: only this core writes them).
-#[derive(Default)]
-pub struct Stats {
-    pub connections: Cell<u64>,
-    pub calls: Cell<u64>,
-    /// Calls the data plane answered itself (client cancellations aside);
-    /// shared with the call tasks' wrappers.
-    pub errors: Rc<Cell<u64>>,
 }
 
 impl Shard {
@@ -65,12 +58,14 @@ impl Shard {
         h3_config: quiche::h3::Config,
         routes: Reader,
         settings: Settings,
+        counters: Counters,
     ) -> std::io::Result<Rc<Self>> {
         let local = socket.local_addr()?;
+        let counters = Rc::new(counters);
         Ok(Rc::new(Self {
             index,
             local,
-            wire: Wire::new(socket, index),
+            wire: Wire::new(socket, index, Rc::clone(&counters)),
             acceptor: Acceptor::new(
                 quic_config,
                 local,
@@ -81,12 +76,13 @@ impl Shard {
                 h3: h3_config,
                 max_streams: settings.max_streams_per_conn,
                 shard: index,
+                counters: Rc::clone(&counters),
             },
             conns: RefCell::new(HashMap::new()),
             routes: Rc::new(RefCell::new(routes)),
             upstreams: Rc::new(Upstreams::default()),
             settings,
-            stats: Stats::default(),
+            counters,
             draining: Cell::new(false),
             queue: Rc::new(FlushQueue::default()),
         }))
@@ -133,8 +129,16 @@ impl Shard {
         }
     }
 
+    /// This shard's counters (for its shutdown log).
+    pub fn counters(&self) -> &ShardMetrics {
+        self.counters.get()
+    }
+
     fn on_datagram(self: &Rc<Self>, buf: &mut [u8], from: SocketAddr) {
+        let counters = self.counters.get();
+        counters.datagrams_in.inc();
         let Ok(header) = quiche::Header::from_slice(buf, CONN_ID_LEN) else {
+            counters.dropped(Drop::Malformed);
             return; // not QUIC: ignore, never answer
         };
         let conn = {
@@ -148,12 +152,21 @@ impl Shard {
             Some(conn) => conn,
             None => match self.accept(&header, from) {
                 Ok(conn) => conn,
-                Err(Refused::Reply(packet)) => {
+                Err(Refused::Reply(packet, kind)) => {
+                    match kind {
+                        Reply::Retry => counters.retries_sent.inc(),
+                        Reply::VersionNegotiation => counters.version_negotiations_sent.inc(),
+                    }
                     // Best effort: a client that misses it sends again.
-                    let _ = udp::send_to(self.wire.fd(), &packet, from);
+                    if udp::send_to(self.wire.fd(), &packet, from).is_ok() {
+                        counters.datagrams_out.inc();
+                    }
                     return;
                 }
-                Err(Refused::Drop) => return,
+                Err(Refused::Drop(why)) => {
+                    counters.dropped(why);
+                    return;
+                }
             },
         };
         let info = quiche::RecvInfo {
@@ -161,6 +174,7 @@ impl Shard {
             to: self.local,
         };
         if let Err(e) = conn.recv(buf, info) {
+            counters.dropped(Drop::Rejected);
             // A malformed packet is dropped by quiche; the connection
             // carries on (or closes itself with the protocol's error).
             tracing::trace!(shard = self.index, error = %e, "packet rejected");
@@ -180,7 +194,9 @@ impl Shard {
             .accept(header, from, count, self.draining.get())?;
         let conn = Conn::new(quic);
         self.conns.borrow_mut().insert(scid, Rc::clone(&conn));
-        self.stats.connections.set(self.stats.connections.get() + 1);
+        let counters = self.counters.get();
+        counters.handshakes_started.inc();
+        counters.connections_open.inc();
         tracing::debug!(shard = self.index, peer = %from, "connection accepted");
         glommio::spawn_local(Rc::clone(self).timer(Rc::clone(&conn))).detach();
         Ok(conn)
@@ -218,19 +234,20 @@ impl Shard {
 
     /// Spawns one call task with its context.
     fn start_call(&self, conn: &Rc<Conn>, call: super::conn::NewCall) {
-        self.stats.calls.set(self.stats.calls.get() + 1);
         let ctx = CallContext {
             stream: call.stream,
             routes: Rc::clone(&self.routes),
             upstreams: Rc::clone(&self.upstreams),
             waker: ConnWaker::new(conn, &self.queue),
             max_message_size: self.settings.max_message_size,
+            counters: Rc::clone(&self.counters),
+            observed: call::Observed::default(),
         };
-        let errors = Rc::clone(&self.stats.errors);
+        let counters = Rc::clone(&self.counters);
         let shard = self.index;
         glommio::spawn_local(async move {
             if let Some(error) = call::run(ctx, call.headers).await.filter(CallError::counts) {
-                errors.set(errors.get() + 1);
+                counters.get().answered.inc();
                 tracing::debug!(shard, %error, "call answered by the data plane");
             }
         })
@@ -266,6 +283,7 @@ impl Shard {
             }
         }
         let _ = conn.service(&self.conn_settings); // aborts any call still attached
+        self.counters.get().connections_open.dec();
         self.conns.borrow_mut().retain(|_, c| !Rc::ptr_eq(c, &conn));
         tracing::debug!(shard = self.index, "connection closed");
     }

@@ -68,14 +68,16 @@ pub struct Wire {
     /// Whether the kernel segments our batched sends (UDP GSO).
     gso: Cell<bool>,
     shard: usize,
+    counters: Rc<super::counters::Counters>,
 }
 
 impl Wire {
-    pub fn new(socket: UdpSocket, shard: usize) -> Self {
+    pub fn new(socket: UdpSocket, shard: usize, counters: Rc<super::counters::Counters>) -> Self {
         Self {
             socket,
             gso: Cell::new(true),
             shard,
+            counters,
         }
     }
 
@@ -124,7 +126,10 @@ impl Wire {
                 continue;
             };
             match conn.send(room) {
-                Ok((len, info)) => out.push(len, info.to),
+                Ok((len, info)) => {
+                    out.push(len, info.to);
+                    self.counters.get().datagrams_out.inc();
+                }
                 Err(quiche::Error::Done) => break,
                 Err(e) => {
                     tracing::debug!(shard = self.shard, error = %e, "QUIC send failed");

@@ -10,6 +10,7 @@ mod call;
 mod conn;
 #[cfg(test)]
 mod conn_tests;
+mod counters;
 mod endpoint;
 mod flush;
 mod grpc;
@@ -57,6 +58,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The node's counter blocks, one per shard (sized to `shards`).
+    pub metrics: std::sync::Arc<crate::pool::metrics::NodeMetrics>,
     pub shards: usize,
     pub tls: tls::TlsFiles,
     pub idle_timeout: Duration,
@@ -109,11 +112,12 @@ pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> 
                 let _ = stop_rx.await;
                 shard.drain(config.drain_timeout).await;
                 drop(serving);
+                let counters = shard.counters();
                 tracing::info!(
                     shard = index,
-                    connections = shard.stats.connections.get(),
-                    calls = shard.stats.calls.get(),
-                    errors = shard.stats.errors.get(),
+                    connections = counters.handshakes_started.get(),
+                    calls = counters.calls(),
+                    errors = counters.answered.get(),
                     "shard stopped"
                 );
             })
@@ -155,7 +159,16 @@ fn setup(
         .map_err(|e| std::io::Error::other(format!("QUIC/TLS configuration: {e}")))?;
     let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;
     h3.set_max_field_section_size(16 * 1024);
-    let shard = endpoint::Shard::new(index, socket, quic, h3, reader, config.settings.clone())?;
+    let counters = counters::Counters::new(std::sync::Arc::clone(&config.metrics), index);
+    let shard = endpoint::Shard::new(
+        index,
+        socket,
+        quic,
+        h3,
+        reader,
+        config.settings.clone(),
+        counters,
+    )?;
     tracing::info!(shard = index, listen = %config.listen, "shard serving HTTP/3");
     Ok(shard)
 }

@@ -41,6 +41,7 @@ impl Pipe {
         let (tls, _) = super::tls::self_signed(dir.path()).expect("self-signed pair");
         let config = super::Config {
             listen: "127.0.0.1:443".parse().unwrap(),
+            metrics: crate::pool::metrics::NodeMetrics::new(1, Default::default()),
             shards: 1,
             tls,
             idle_timeout: Duration::from_secs(30),
@@ -94,6 +95,7 @@ impl Pipe {
                 h3: h3_config,
                 max_streams,
                 shard: 0,
+                counters: test_counters(),
             },
             client_addr,
             server_addr,
@@ -225,4 +227,10 @@ pub fn grpc_request(authority: &str, path: &str) -> Vec<Header> {
         Header::new(b"content-type", b"application/grpc"),
         Header::new(b"te", b"trailers"),
     ]
+}
+
+/// A counter block of its own for a test's shard.
+pub fn test_counters() -> Rc<super::counters::Counters> {
+    let node = crate::pool::metrics::NodeMetrics::new(1, Default::default());
+    Rc::new(super::counters::Counters::new(node, 0))
 }

@@ -134,6 +134,16 @@ authorization:
 fileCheckFrequency: 1s
 syncFrequency: 2s
 resolvConf: \"\"
+# The test machine's shared disk may sit below the default thresholds
+# (imagefs.available 15%): the kubelet, which now sees the image filesystem
+# through vimanad's ImageFsInfo, would then evict and garbage-collect the
+# test's images. Only a nearly full disk counts here.
+evictionHard:
+  imagefs.available: \"1%\"
+  nodefs.available: \"1%\"
+  nodefs.inodesFree: \"1%\"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 ",
             manifests = manifests.display(),
             socket = cri_socket.display(),

@@ -74,6 +74,31 @@ impl Node {
         self.root.path().join("logs")
     }
 
+    /// The address of the operator's endpoint (`/metrics`, ...), from the
+    /// log line `serving metrics`; waits for it up to 10 s.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log =
+                std::fs::read_to_string(self.root.path().join("vimanad.log")).unwrap_or_default();
+            let found = log
+                .lines()
+                .rev()
+                .filter(|l| l.contains("serving metrics"))
+                .find_map(|l| l.split("address=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok());
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `serving metrics` line in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts vimanad with the example image in its store.
     pub async fn start() -> Node {
         Self::start_with(&[]).await
@@ -383,6 +408,9 @@ fn spawn_server(
         .arg(root.join("cri.sock"))
         .args(["--pod-ip", "127.0.0.1", "--cgroup-parent", cgroup_parent])
         .args(["--listen", &listen.to_string()])
+        // Tests run in parallel: each node's endpoint on a port of its own
+        // (`Node::metrics_addr` reads it from the log).
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())

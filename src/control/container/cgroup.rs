@@ -49,7 +49,11 @@ pub enum Hierarchy {
     None,
 }
 
-const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "memory", "pids", "devices"];
+// cpuacct and blkio: the CPU and I/O usage stats read (`control::stats`);
+// devices: the allow list (`security`).
+const V1_CONTROLLERS: [&str; 7] = [
+    "blkio", "cpu", "cpuacct", "cpuset", "devices", "memory", "pids",
+];
 
 impl Hierarchy {
     /// Reads /proc/self/mountinfo. A v2 mount with controllers wins (the
@@ -131,7 +135,7 @@ impl Hierarchy {
             Hierarchy::V2 { root, controllers } => {
                 let parent = root.join(parent);
                 fs::create_dir_all(&parent)?;
-                let wanted: Vec<String> = ["cpu", "cpuset", "memory", "pids"]
+                let wanted: Vec<String> = ["cpu", "cpuset", "io", "memory", "pids"]
                     .iter()
                     .filter(|c| controllers.iter().any(|have| have == *c))
                     .map(|c| format!("+{c}"))

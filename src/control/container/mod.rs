@@ -6,8 +6,10 @@
 //! CRI messages or of the pod lifecycle; `control::cri` decides when to call
 //! what.
 
+pub mod attach;
 pub mod cgroup;
 pub mod logs;
+pub mod mounts;
 pub mod process;
 mod ready;
 pub mod security;

@@ -79,6 +79,9 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         .map_err(|e| format!("open log file {:?}: {e}", spec.log_path))?;
     let (out_r, out_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The container's stdio, held by the attach relay (forked here, before
+    // the PID namespace exists), which feeds the log pipes.
+    let stdio = super::attach::start(spec, &out_w, &err_w)?;
     let (fail_r, fail_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The user namespace handshake: the child says it has unshared, the
     // shim (root in the node's namespace) writes its id maps and answers.
@@ -116,7 +119,7 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
                 unshared: fs::File::from(userns_w),
                 mapped: fs::File::from(mapped_r),
             };
-            let error = match container_init(spec, &out_w, &err_w, handshake) {
+            let error = match container_init(spec, &stdio, handshake) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -127,7 +130,7 @@ fn run(spec: &LaunchSpec) -> Result<(), String> {
         }
         ForkResult::Parent { child } => child,
     };
-    drop((out_w, err_w, fail_w, userns_w, mapped_r));
+    drop((out_w, err_w, fail_w, userns_w, mapped_r, stdio));
     if let Some(maps) = &spec.sandbox.user_namespace {
         let mut byte = [0u8; 1];
         // EOF instead: the child failed before; the fail pipe says why.
@@ -292,8 +295,7 @@ struct Handshake {
 
 fn container_init(
     spec: &LaunchSpec,
-    out_w: &OwnedFd,
-    err_w: &OwnedFd,
+    stdio: &super::attach::ContainerSide,
     mut handshake: Handshake,
 ) -> Result<std::convert::Infallible, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
@@ -355,12 +357,21 @@ fn container_init(
     let program = resolve_program(spec)?;
     let argv = cstrings(&spec.args)?;
     let envp = cstrings(&spec.env)?;
-    let null = fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     // SAFETY: plain fd plumbing in the child before exec.
     unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(out_w.as_raw_fd(), 1);
-        libc::dup2(err_w.as_raw_fd(), 2);
+        libc::dup2(stdio.stdin.as_raw_fd(), 0);
+        libc::dup2(stdio.stdout.as_raw_fd(), 1);
+        libc::dup2(stdio.stderr.as_raw_fd(), 2);
+    }
+    if stdio.tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        // SAFETY: fd 0 is the pty's slave end.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!(
+                "set the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     SigSet::empty()
         .thread_set_mask()
@@ -383,8 +394,10 @@ fn container_init(
 fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     let none: Option<&str> = None;
     let merged = &spec.merged;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(|e| format!("make mounts private: {e}"))?;
+    // rslave, as runc's default: nothing propagates to the host, and
+    // HostToContainer binds (`mounts.rs`) still receive the host's mounts.
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)
+        .map_err(|e| format!("make mounts slaves: {e}"))?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         spec.lower.display(),
@@ -511,6 +524,7 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
             spec.socket_dir.display()
         )
     })?;
+    super::mounts::bind_all(merged, &spec.mounts)?;
     if spec.readonly_rootfs {
         mount(
             none,
@@ -529,7 +543,9 @@ fn setup_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
-fn set_user(spec: &LaunchSpec) -> Result<(), String> {
+/// Also used by `vimanad exec-shim`, so an exec'd command gets exactly the
+/// container's user and groups.
+pub(crate) fn set_user(spec: &LaunchSpec) -> Result<(), String> {
     // Always set explicitly: the runtime's own supplementary groups never
     // reach a container.
     let uid = spec.uid.unwrap_or(0);

@@ -36,8 +36,20 @@ pub struct LaunchSpec {
     /// cgroup directories the container process joins before exec.
     pub cgroups: Vec<PathBuf>,
     pub exit_file: PathBuf,
+    /// The container's stdin is open for attached clients (CRI `stdin`),
+    /// closed after the first one detaches (`stdin_once`); `tty`: its
+    /// stdio is a pty.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
     /// Capabilities, seccomp, masked paths, namespaces (`security`).
     pub sandbox: Sandbox,
+    /// CRI mounts, bound into the root by the shim (`container::mounts`).
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::BindMount>,
 }
 
 /// Where the per-pod socket directory appears inside a container.

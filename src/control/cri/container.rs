@@ -76,6 +76,8 @@ impl Runtime {
                 seq: pod.next_seq,
             };
             self.check_security(&pod.config, &next, &config)?;
+            crate::control::container::mounts::validate(&config)
+                .map_err(|e| Error::InvalidArgument(format!("pod {id}: {e}")))?;
             let call = Call::CreateContainer {
                 same: current.is_some_and(|c| c.config == config),
                 newer: current.is_some_and(|c| attempt(&config) > attempt(&c.config)),

@@ -4,7 +4,6 @@ use k8s_cri::v1 as cri;
 
 use crate::control::image::{Credentials, Image};
 use crate::control::runtime::Runtime;
-use crate::control::state::now_nanos;
 use crate::control::Error;
 
 impl Runtime {
@@ -62,26 +61,6 @@ impl Runtime {
         }
         self.images.remove(&reference)?;
         Ok(())
-    }
-
-    pub fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse, Error> {
-        let usage = self.images.usage()?;
-        let fs = cri::FilesystemUsage {
-            timestamp: now_nanos(),
-            fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: usage.mountpoint.display().to_string(),
-            }),
-            used_bytes: Some(cri::UInt64Value {
-                value: usage.used_bytes,
-            }),
-            inodes_used: Some(cri::UInt64Value {
-                value: usage.inodes_used,
-            }),
-        };
-        Ok(cri::ImageFsInfoResponse {
-            image_filesystems: vec![fs],
-            container_filesystems: Vec::new(),
-        })
     }
 }
 

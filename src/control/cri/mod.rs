@@ -32,27 +32,21 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 #[derive(Clone)]
 pub struct Cri {
     runtime: Arc<Runtime>,
+    streaming: Arc<super::streaming::Server>,
 }
 
 impl Cri {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<super::streaming::Server>) -> Self {
+        Self { runtime, streaming }
     }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn unsupported<T>(what: &str) -> Reply<T> {
-    refused(what, "it is not implemented by vimanad yet")
-}
-
 /// UNIMPLEMENTED with the call's own reason.
 fn refused<T>(what: &str, why: &str) -> Reply<T> {
     Err(Status::unimplemented(format!("{what}: {why}")))
 }
-
-/// Exec, ExecSync, Attach and PortForward.
-const NO_STREAMING: &str = "vimanad has no CRI streaming server yet (exec, attach and port-forward into components are not implemented)";
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -189,51 +183,67 @@ impl RuntimeService for Cri {
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
-        refused("ExecSync", NO_STREAMING)
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {
+        Ok(Response::new(
+            self.streaming.exec_sync(req.into_inner()).await?,
+        ))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        refused("Exec", NO_STREAMING)
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        Ok(Response::new(self.streaming.exec(req.into_inner())?))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        refused("Attach", NO_STREAMING)
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        Ok(Response::new(self.streaming.attach(req.into_inner())?))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Reply<cri::PortForwardResponse> {
-        refused("PortForward", NO_STREAMING)
+        Ok(Response::new(
+            self.streaming.port_forward(req.into_inner())?,
+        ))
     }
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Reply<cri::ContainerStatsResponse> {
-        unsupported("ContainerStats")
+        let id = req.into_inner().container_id;
+        let stats = self.runtime.container_stats(&id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Reply<cri::ListContainerStatsResponse> {
-        unsupported("ListContainerStats")
+        let filter = req.into_inner().filter;
+        let stats = self.runtime.list_container_stats(filter).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Reply<cri::PodSandboxStatsResponse> {
-        unsupported("PodSandboxStats")
+        let id = req.into_inner().pod_sandbox_id;
+        let stats = self.runtime.pod_sandbox_stats(&id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Reply<cri::ListPodSandboxStatsResponse> {
-        unsupported("ListPodSandboxStats")
+        let filter = req.into_inner().filter;
+        let stats = self.runtime.list_pod_sandbox_stats(filter).await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(
@@ -290,14 +300,19 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Reply<cri::ListMetricDescriptorsResponse> {
-        unsupported("ListMetricDescriptors")
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: self.runtime.list_metric_descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Reply<cri::ListPodSandboxMetricsResponse> {
-        unsupported("ListPodSandboxMetrics")
+        let pod_metrics = self.runtime.list_pod_sandbox_metrics().await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn runtime_config(
@@ -351,6 +366,6 @@ impl ImageService for Cri {
         &self,
         _: Request<cri::ImageFsInfoRequest>,
     ) -> Reply<cri::ImageFsInfoResponse> {
-        Ok(Response::new(self.runtime.image_fs_info()?))
+        Ok(Response::new(self.runtime.fs_info().await?))
     }
 }

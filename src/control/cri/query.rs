@@ -190,7 +190,7 @@ pub(super) fn container_status(pod: &Pod, c: &Container) -> cri::ContainerStatus
         message: c.message.clone(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),
-        mounts: Vec::new(),
+        mounts: crate::control::container::mounts::status(&c.config),
         log_path: c
             .log_path
             .as_ref()

@@ -33,6 +33,8 @@ impl Runtime {
         }
         let component = labels::component_of_pod(&config.labels)?;
         crate::control::container::security::check_pod(&config).map_err(Error::InvalidArgument)?;
+        crate::control::container::mounts::validate_sandbox(&config)
+            .map_err(Error::InvalidArgument)?;
         let key = SandboxKey::of(metadata);
 
         // The ID is taken and the pod recorded under the store's lock; its

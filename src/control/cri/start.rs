@@ -14,7 +14,7 @@ use crate::control::container::{
     self, cgroup, log_tail, security, wait_ready, ContainerError, LaunchSpec, NotReady, Process,
     SOCKET_DIR_IN_CONTAINER, SOCKET_NAME,
 };
-use crate::control::image::{Image, ImageConfig};
+use crate::control::image::Image;
 use crate::control::lifecycle::{step, Call, Lifecycle, Step};
 use crate::control::runtime::{local_name, Runtime};
 use crate::control::state::{now_nanos, ContainerId, ContainerPhase};
@@ -350,13 +350,8 @@ fn launch_spec(
     placement: Placement,
     seccomp_profile_root: &Path,
 ) -> Result<LaunchSpec, Error> {
-    let (sandbox, config, image, socket_dir, dir): (_, _, &ImageConfig, &Path, &Path) = (
-        &inputs.sandbox,
-        &inputs.config,
-        &inputs.image.config,
-        &inputs.socket_dir,
-        &inputs.dir,
-    );
+    let (sandbox, config, image) = (&inputs.sandbox, &inputs.config, &inputs.image.config);
+    let (socket_dir, dir) = (inputs.socket_dir.as_path(), inputs.dir.as_path());
     let pod_sandbox = security::from_cri(sandbox, config, seccomp_profile_root)
         .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
     let mut args = if config.command.is_empty() {
@@ -445,7 +440,12 @@ fn launch_spec(
         log_path: placement.log_path,
         cgroups: placement.cgroups,
         exit_file: dir.join("exit.json"),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
         sandbox: pod_sandbox,
+        mounts: container::mounts::validate(config)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?,
     })
 }
 

@@ -1,0 +1,299 @@
+//! The operator's endpoint, read by the real Prometheus (Debian's package)
+//! and checked by `promtool`: CRI calls, pods by state, data-plane calls
+//! by status, the process collector, /healthz, /readyz and /debug/pool.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const V1: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the one sample of `exposition` whose line starts with
+/// `series` (name and labels as written).
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn tool(name: &str) -> Option<&'static str> {
+    let path: &'static str = match name {
+        "prometheus" => "/usr/bin/prometheus",
+        _ => "/usr/bin/promtool",
+    };
+    if Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{path} is missing (scripts/setup.sh installs Debian's prometheus)"
+    );
+    eprintln!("skipping: {path} is missing (apt-get install prometheus)");
+    None
+}
+
+struct Prometheus {
+    child: Child,
+    web: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(binary: &str, target: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let web: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: vimanad\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            web,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(self.web) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response
+    }
+
+    /// An instant query's first value, once Prometheus has one.
+    fn query_until(&self, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(self.web) {
+                let _ = write!(
+                    s,
+                    "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                );
+                let mut response = String::new();
+                let _ = s.read_to_string(&mut response);
+                let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                // The body may be chunked: find the JSON object in it.
+                if let Some(start) = body.find('{') {
+                    let end = body.rfind('}').unwrap_or(body.len() - 1);
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body[start..=end]) {
+                        if let Some(value) = v["data"]["result"][0]["value"][1]
+                            .as_str()
+                            .and_then(|s| s.parse::<f64>().ok())
+                        {
+                            if ok(value) {
+                                return value;
+                            }
+                        }
+                        last = v.to_string();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let log =
+            std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default();
+        let targets = self.get("/api/v1/targets");
+        panic!("Prometheus never answered {query} as expected; last answer: {last}\ntargets: {targets}\nlog: {log}");
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_what_the_node_did() {
+    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
+        return;
+    };
+    let mut node = Node::start().await;
+    let addr = node.metrics_addr();
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/readyz").0, 200);
+    let pod = node.running_pod("metrics", V1).await;
+
+    // Data-plane calls: 5 answered by the component, 2 for no component.
+    for i in 0..5 {
+        let (code, _, err) = vimanad_call(
+            &node,
+            "example.com",
+            "/vimana.example.v1.Echo/Unary",
+            &["--text", &format!("m{i}")],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    for _ in 0..2 {
+        let (code, _, _) = vimanad_call(&node, "nowhere.test", "/a.B/C", &["--text", "x"]);
+        assert_eq!(code, 12, "UNIMPLEMENTED");
+    }
+
+    let (status, exposition) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &exposition,
+            r#"vimanad_cri_calls_total{code="OK",method="RunPodSandbox"}"#
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        sample(&exposition, r#"vimanad_pods{state="running"}"#),
+        Some(1.0)
+    );
+    assert!(sample(&exposition, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert!(sample(&exposition, "process_open_fds").unwrap_or(0.0) > 3.0);
+    let ok_calls: f64 = exposition
+        .lines()
+        .filter(|l| l.starts_with("vimanad_grpc_calls_total{") && l.contains(r#"code="OK""#))
+        .filter(|l| l.contains(r#"domain="example.com""#) && l.contains(r#"version="1.0.0""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(ok_calls, 5.0, "{exposition}");
+    let unrouted: f64 = exposition
+        .lines()
+        .filter(|l| l.starts_with("vimanad_grpc_calls_total{") && l.contains(r#"domain="(none)""#))
+        .filter(|l| l.contains(r#"code="Unimplemented""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(unrouted, 2.0, "{exposition}");
+
+    // promtool accepts the exposition as Prometheus text format.
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // /debug/pool shows the running endpoint.
+    let (status, pool) = get(addr, "/debug/pool");
+    assert_eq!(status, 200);
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    let endpoints = &pool["domains"]["example.com"][SERVICE]["1.0.0"]["endpoints"];
+    assert_eq!(
+        endpoints[0]["container"].as_str(),
+        Some(pod.as_str()),
+        "{pool}"
+    );
+    assert!(pool["generation"].as_u64().unwrap() >= 1);
+
+    // The real Prometheus scrapes it and answers queries over its API.
+    let prom = Prometheus::start(prometheus, addr);
+    prom.query_until(r#"vimanad_pods{state="running"}"#, |v| v == 1.0);
+    prom.query_until(
+        r#"sum(vimanad_grpc_calls_total{domain="example.com",code="OK"})"#,
+        |v| v == 5.0,
+    );
+    prom.query_until(
+        r#"vimanad_cri_calls_total{method="StartContainer",code="OK"}"#,
+        |v| v >= 1.0,
+    );
+    prom.query_until(r#"up{job="vimanad"}"#, |v| v == 1.0);
+
+    node.remove_running_pod(&pod).await;
+    prom.query_until(r#"vimanad_pods{state="running"}"#, |v| v == 0.0);
+}
+
+#[tokio::test]
+async fn the_endpoint_can_be_switched_off_and_answers_only_its_paths() {
+    let node = Node::start().await;
+    let addr = node.metrics_addr();
+    assert_eq!(get(addr, "/nope").0, 404);
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    // Garbage ends that connection only.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
+    let _ = s.read_to_string(&mut String::new());
+    assert_eq!(get(addr, "/healthz").0, 200);
+
+    let off = Node::start_with(&["--metrics-listen", "off"]).await;
+    assert!(!off.log().contains("serving metrics"), "{}", off.log());
+}
