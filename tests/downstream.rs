@@ -724,15 +724,15 @@ async fn default_handler_components_keeps_labelled_pods_on_default_with_vimanad(
     node.remove_running_pod(&comp).await;
 }
 
-/// The real kubelet (standalone, static pods; the authfix build, whose CRI
-/// client sends `:authority: localhost`) on vimanad's socket only, with
+/// The real, stock kubelet 1.28 (standalone, static pods; it sends its
+/// socket path as `:authority`, which vimanad accepts) on vimanad's socket only, with
 /// containerd downstream: a component static pod (labelled, on `""`, kept
 /// by `--default-handler-components`) and an ordinary one run side by side.
 /// Eviction and image GC are off: this shared machine's disk is often
 /// nearly full, and the kubelet would evict the pods and remove the images.
 #[tokio::test]
 async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() {
-    if !prerequisites(&["kubelet-authfix", "crictl"]) {
+    if !prerequisites(&["kubelet", "crictl"]) {
         return;
     }
     let ctrd = Containerd::start();
@@ -747,7 +747,7 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
     std::fs::write(
         manifests.join("comp.yaml"),
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: comp\n  namespace: default\n  labels:\n    vimana.host/domain: example.com\n    vimana.host/service: {SERVICE}\n    vimana.host/version: 1.0.0\nspec:\n  containers:\n  - name: component\n    image: {IMAGE}\n    imagePullPolicy: Never\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: comp\n  namespace: default\n  labels:\n    vimana.host/domain: example.com\n    vimana.host/service: {SERVICE}\n    vimana.host/version: 1.0.0\nspec:\n  containers:\n  - name: component\n    image: {IMAGE}\n    imagePullPolicy: Never\n    env:\n    - name: EXAMPLE_LOG_LINES\n      value: \"2\"\n"
         ),
     )
     .unwrap();
@@ -771,7 +771,7 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
     )
     .unwrap();
     let log = std::fs::File::create(work.path().join("kubelet.log")).unwrap();
-    let kubelet = std::process::Command::new(containerd::tools_dir().join("kubelet-authfix"))
+    let kubelet = std::process::Command::new(containerd::tools_dir().join("kubelet"))
         .arg("--config")
         .arg(&config)
         .arg("--root-dir")
@@ -822,6 +822,21 @@ async fn the_kubelet_runs_a_component_and_an_ordinary_static_pod_side_by_side() 
     let pod_of = |name: &str| running.iter().find(|(n, _)| n == name).unwrap().1.clone();
     assert!(pod_of("component").contains('#'), "{running:?}");
     assert!(is_containerd_id(&pod_of("bb")), "{running:?}");
+    // Both pods' logs, where the kubelet asked each runtime to write them.
+    let (_, out, _) = crictl(&socket, &["ps", "--state", "Running", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let id_of = |name: &str| {
+        v["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["metadata"]["name"] == name)
+            .and_then(|c| c["id"].as_str())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+            .to_owned()
+    };
+    wait_for_log(&socket, &id_of("bb"), "kubelet-busybox");
+    wait_for_log(&socket, &id_of("component"), "log line 1 of 2");
     let _ = kubelet.child.kill();
     let _ = kubelet.child.wait();
     // Its pods, through vimanad (the guard removes the rest).
@@ -881,4 +896,318 @@ impl Drop for KubeletGuard {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET of the operator's endpoint; the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of `vimanad_cri_calls_total` for `method` and `code`.
+fn cri_calls(exposition: &str, method: &str, code: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("vimanad_cri_calls_total{"))
+        .find(|l| {
+            l.contains(&format!("method=\"{method}\"")) && l.contains(&format!("code=\"{code}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The IDs of a `crictl stats -o json` / `statsp -o json` answer.
+fn stats_ids(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let mut ids: Vec<String> = v["stats"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["attributes"]["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Stats, streaming, metrics and the image filesystems with both sides:
+/// ListContainerStats / ListPodSandboxStats merge both (filters on each),
+/// the stock crictl's `stats`/`statsp` show both; Exec/Attach/PortForward
+/// of the downstream pod answer containerd's own streaming URLs (and the
+/// stock crictl execs through them), the component's answer vimanad's own
+/// streaming server; the metrics layer counts the forwarded calls;
+/// ImageFsInfo counts both stores.
+#[tokio::test]
+async fn stats_streams_metrics_and_image_filesystems_cover_both_sides() {
+    if !prerequisites(&["crictl"]) {
+        return;
+    }
+    let ctrd = Containerd::start();
+    let stream_port = free_tcp_port();
+    let stream = format!("127.0.0.1:{stream_port}");
+    let mut node = node_with(&ctrd, &["--stream-address", &stream]).await;
+    let comp = node.running_pod("comp", A).await;
+    let (bb, bb_ctr) = busybox_pod(&mut node, &ctrd, "bb", "stats").await;
+    let socket = node.socket();
+
+    // Stats of both sides in one list; a filter naming one side's ID
+    // asks only that side.
+    let container_stats = |filter: Option<cri::ContainerStatsFilter>| {
+        let mut c = node.runtime.clone();
+        async move {
+            let mut ids: Vec<String> = c
+                .list_container_stats(cri::ListContainerStatsRequest { filter })
+                .await
+                .expect("ListContainerStats")
+                .into_inner()
+                .stats
+                .into_iter()
+                .filter_map(|s| s.attributes.map(|a| a.id))
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        container_stats(None).await,
+        sorted(vec![comp.clone(), bb_ctr.clone()])
+    );
+    let in_pod = |pod: &str| cri::ContainerStatsFilter {
+        pod_sandbox_id: pod.to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(container_stats(Some(in_pod(&bb))).await, [bb_ctr.clone()]);
+    assert_eq!(container_stats(Some(in_pod(&comp))).await, [comp.clone()]);
+    let pod_stats = node
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats;
+    let mut ids: Vec<String> = pod_stats
+        .iter()
+        .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, sorted(vec![comp.clone(), bb.clone()]));
+    for id in [&comp, &bb_ctr] {
+        let one = node
+            .runtime
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats {id}: {e:?}"))
+            .into_inner()
+            .stats
+            .unwrap();
+        assert_eq!(&one.attributes.unwrap().id, id);
+    }
+    let busybox_cpu = node
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: bb_ctr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |w| w.value);
+    assert!(busybox_cpu > 0, "containerd's own numbers come through");
+    let (ok, out, err) = crictl(&socket, &["stats", "-o", "json"]);
+    assert!(ok, "crictl stats: {err}");
+    assert_eq!(stats_ids(&out), sorted(vec![comp.clone(), bb_ctr.clone()]));
+    let (ok, out, err) = crictl(&socket, &["statsp", "-o", "json"]);
+    assert!(ok, "crictl statsp: {err}");
+    assert_eq!(stats_ids(&out), sorted(vec![comp.clone(), bb.clone()]));
+
+    // Streaming: the downstream's URLs unchanged, the component's on
+    // vimanad's own streaming server.
+    let mut direct = ctrd.client().await;
+    let exec = |id: &str| cri::ExecRequest {
+        container_id: id.to_owned(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    };
+    let attach = |id: &str| cri::AttachRequest {
+        container_id: id.to_owned(),
+        stdout: true,
+        ..Default::default()
+    };
+    let forward = |id: &str| cri::PortForwardRequest {
+        pod_sandbox_id: id.to_owned(),
+        port: vec![80],
+    };
+    let origin = |u: &str| u.rsplitn(3, '/').nth(2).unwrap_or("").to_owned();
+    let theirs = direct.exec(exec(&bb_ctr)).await.unwrap().into_inner().url;
+    let through = node.runtime.exec(exec(&bb_ctr)).await.unwrap().into_inner();
+    assert_eq!(
+        origin(&through.url),
+        origin(&theirs),
+        "{through:?} {theirs}"
+    );
+    assert!(!through.url.contains(&stream), "{through:?}");
+    let theirs = direct
+        .attach(attach(&bb_ctr))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let through = node
+        .runtime
+        .attach(attach(&bb_ctr))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        origin(&through.url),
+        origin(&theirs),
+        "{through:?} {theirs}"
+    );
+    let theirs = direct
+        .port_forward(forward(&bb))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let through = node
+        .runtime
+        .port_forward(forward(&bb))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        origin(&through.url),
+        origin(&theirs),
+        "{through:?} {theirs}"
+    );
+    for url in [
+        node.runtime
+            .exec(exec(&comp))
+            .await
+            .unwrap()
+            .into_inner()
+            .url,
+        node.runtime
+            .attach(attach(&comp))
+            .await
+            .unwrap()
+            .into_inner()
+            .url,
+        node.runtime
+            .port_forward(forward(&comp))
+            .await
+            .unwrap()
+            .into_inner()
+            .url,
+    ] {
+        assert!(
+            url.starts_with(&format!("http://{stream}/")),
+            "a component's stream is vimanad's own: {url}"
+        );
+    }
+    // The stock crictl streams an exec of the busybox container through
+    // containerd's URL (not ExecSync: no -s).
+    let (ok, out, err) = crictl(
+        &socket,
+        &["exec", &bb_ctr, "echo", "streamed-by-containerd"],
+    );
+    assert!(ok && out.contains("streamed-by-containerd"), "{out}{err}");
+
+    // The metrics layer counts calls of both sides.
+    let metrics = http_get(node.metrics_addr(), "/metrics");
+    assert!(
+        cri_calls(&metrics, "ListContainerStats", "OK") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        cri_calls(&metrics, "ContainerStats", "OK") >= 3.0,
+        "{metrics}"
+    );
+    assert!(cri_calls(&metrics, "Exec", "OK") >= 3.0, "{metrics}");
+    assert!(
+        cri_calls(&metrics, "RunPodSandbox", "OK") >= 2.0,
+        "{metrics}"
+    );
+
+    // ImageFsInfo: both stores. vimanad's entry first; containerd's usage
+    // added to it when they share a device, else listed after it.
+    let mut direct_images = k8s_cri::v1::image_service_client::ImageServiceClient::new(
+        uds_channel(ctrd.socket()).await,
+    );
+    // containerd sums its snapshots every 10 s: wait for a first count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let theirs = loop {
+        let theirs = direct_images
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .image_filesystems;
+        let counted = theirs
+            .iter()
+            .any(|f| f.used_bytes.as_ref().is_some_and(|u| u.value > 0));
+        if counted || Instant::now() > deadline {
+            break theirs;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let merged = node
+        .images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    let mount = |f: &cri::FilesystemUsage| f.fs_id.clone().unwrap_or_default().mountpoint;
+    let used = |f: &cri::FilesystemUsage| f.used_bytes.clone().unwrap_or_default().value;
+    let first = &merged[0];
+    assert!(
+        mount(first).starts_with(&node.state_dir().display().to_string()),
+        "vimanad's store first: {merged:?}"
+    );
+    let own = node.image_status(IMAGE).await.unwrap().size;
+    let dev = |p: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.dev()).ok()
+    };
+    let their_used: u64 = theirs.iter().map(used).sum();
+    assert!(
+        their_used > 0,
+        "containerd's store holds busybox and pause: {theirs:?}"
+    );
+    if theirs.iter().all(|t| dev(&mount(t)) == dev(&mount(first))) {
+        assert_eq!(merged.len(), 1, "one disk, one entry: {merged:?}");
+        assert!(
+            used(first) >= own + their_used,
+            "both stores counted: {merged:?} vs containerd's {theirs:?}"
+        );
+    } else {
+        for t in &theirs {
+            assert!(merged.iter().any(|m| mount(m) == mount(t)), "{merged:?}");
+        }
+    }
+
+    for (pod, ctr) in [(&bb, &bb_ctr)] {
+        let _ = crictl(&socket, &["stop", "--timeout", "2", ctr]);
+        let _ = crictl(&socket, &["rmp", "-f", pod]);
+    }
+    node.remove_running_pod(&comp).await;
 }

@@ -10,8 +10,8 @@
 //!   naming the container), and not at all while the downstream cannot be
 //!   asked.
 //! - ImageFsInfo lists both filesystems; when both stores are on one
-//!   filesystem its first entry (the only one kubelet 1.28 reads) counts
-//!   both stores' bytes and inodes.
+//!   filesystem (the same device) vimanad's first entry (the only one
+//!   kubelet 1.28 reads) counts both stores' bytes and inodes.
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_server::ImageService;
@@ -121,33 +121,59 @@ fn merge_image(m: &mut cri::Image, t: cri::Image) {
     m.pinned |= t.pinned;
 }
 
-/// Both sides' filesystems; on a shared filesystem the first entry counts
-/// both stores.
+/// Both sides' filesystems. Two mountpoints are one filesystem when they
+/// name the same path or `same_fs` says so (vimanad's store and
+/// containerd's snapshotter are different directories, usually on one
+/// disk): the downstream's usage is then added to vimanad's entry, which
+/// stays first (kubelet 1.28 reads only the first for image GC and
+/// eviction, so it sees both stores' bytes against that disk); a
+/// filesystem of its own is listed after vimanad's.
 pub(super) fn merge_fs(
     mut mine: cri::ImageFsInfoResponse,
     theirs: cri::ImageFsInfoResponse,
+    same_fs: impl Fn(&str, &str) -> bool,
 ) -> cri::ImageFsInfoResponse {
-    let mount = |f: &cri::FilesystemUsage| f.fs_id.as_ref().map(|i| i.mountpoint.clone());
-    for t in theirs.image_filesystems {
-        let same = mine
-            .image_filesystems
-            .iter_mut()
-            .find(|m| mount(m).is_some() && mount(m) == mount(&t));
-        match same {
-            Some(m) => {
-                let add = |a: &mut Option<cri::UInt64Value>, b: Option<cri::UInt64Value>| {
-                    let sum = a.as_ref().map_or(0, |v| v.value) + b.map_or(0, |v| v.value);
-                    *a = Some(cri::UInt64Value { value: sum });
-                };
-                add(&mut m.used_bytes, t.used_bytes);
-                add(&mut m.inodes_used, t.inodes_used);
-            }
-            None => mine.image_filesystems.push(t),
-        }
+    fn mount(f: &cri::FilesystemUsage) -> Option<&str> {
+        f.fs_id
+            .as_ref()
+            .map(|i| i.mountpoint.as_str())
+            .filter(|m| !m.is_empty())
     }
-    mine.container_filesystems
-        .extend(theirs.container_filesystems);
+    fn add(a: &mut Option<cri::UInt64Value>, b: Option<cri::UInt64Value>) {
+        let sum = a.as_ref().map_or(0, |v| v.value) + b.map_or(0, |v| v.value);
+        *a = Some(cri::UInt64Value { value: sum });
+    }
+    let merge = |into: &mut Vec<cri::FilesystemUsage>, from: Vec<cri::FilesystemUsage>| {
+        for t in from {
+            let same = into.iter_mut().find(|m| match (mount(m), mount(&t)) {
+                (Some(a), Some(b)) => a == b || same_fs(a, b),
+                _ => false,
+            });
+            match same {
+                Some(m) => {
+                    add(&mut m.used_bytes, t.used_bytes);
+                    add(&mut m.inodes_used, t.inodes_used);
+                }
+                None => into.push(t),
+            }
+        }
+    };
+    merge(&mut mine.image_filesystems, theirs.image_filesystems);
+    merge(
+        &mut mine.container_filesystems,
+        theirs.container_filesystems,
+    );
     mine
+}
+
+/// Whether two host paths (from vimanad and from the downstream runtime,
+/// both trusted node daemons) are on one filesystem: the same device.
+fn same_device(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 #[tonic::async_trait]
@@ -304,7 +330,10 @@ impl ImageService for Router {
                 d.fs.get(&[]).unwrap_or_default()
             }
         };
-        Ok(Response::new(merge_fs(mine, theirs)))
+        let merged = tokio::task::spawn_blocking(move || merge_fs(mine, theirs, same_device))
+            .await
+            .map_err(|e| Status::internal(format!("ImageFsInfo: {e}")))?;
+        Ok(Response::new(merged))
     }
 }
 
@@ -350,6 +379,10 @@ mod tests {
         }
     }
 
+    fn never(_: &str, _: &str) -> bool {
+        false
+    }
+
     #[test]
     fn a_shared_filesystem_counts_both_stores() {
         let merged = merge_fs(
@@ -361,6 +394,7 @@ mod tests {
                 image_filesystems: vec![fs("/", 50)],
                 ..Default::default()
             },
+            never,
         );
         assert_eq!(merged.image_filesystems.len(), 1);
         assert_eq!(
@@ -380,7 +414,50 @@ mod tests {
                 image_filesystems: vec![fs("/var", 50)],
                 ..Default::default()
             },
+            never,
         );
         assert_eq!(apart.image_filesystems.len(), 2);
+        assert_eq!(
+            apart.image_filesystems[0]
+                .used_bytes
+                .as_ref()
+                .unwrap()
+                .value,
+            100
+        );
+    }
+
+    #[test]
+    fn two_directories_on_one_device_are_one_filesystem() {
+        let dir = std::env::temp_dir();
+        let (a, b) = (dir.join("vimanad-fs-a"), dir.join("vimanad-fs-b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        assert!(same_device(&a, &b));
+        assert!(!same_device(&a, "/proc"), "procfs is another device");
+        assert!(!same_device(&a, "/nonexistent/vimanad"));
+        let merged = merge_fs(
+            cri::ImageFsInfoResponse {
+                image_filesystems: vec![fs(&a, 100)],
+                container_filesystems: vec![fs(&a, 7)],
+            },
+            cri::ImageFsInfoResponse {
+                image_filesystems: vec![fs(&b, 50)],
+                container_filesystems: vec![fs("/proc", 3)],
+            },
+            same_device,
+        );
+        assert_eq!(merged.image_filesystems.len(), 1);
+        let first = &merged.image_filesystems[0];
+        assert_eq!(
+            first.fs_id.as_ref().unwrap().mountpoint,
+            a,
+            "vimanad's first"
+        );
+        assert_eq!(first.used_bytes.as_ref().unwrap().value, 150);
+        assert_eq!(first.inodes_used.as_ref().unwrap().value, 2);
+        assert_eq!(merged.container_filesystems.len(), 2);
     }
 }
