@@ -11,10 +11,13 @@ packages=(
     docker-registry   # the CNCF distribution registry the pull tests run
     apache2-utils     # htpasswd, for the registry's basic auth in the tests
     file              # checks that the example component is static
-    busybox-static    # shell commands the streaming tests exec inside containers
-    containerd        # the sandbox tests run the hostile image under runc too
-    runc              #   (tests/sandbox_runc.rs) to compare
-    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs)
+    busybox-static    # the local busybox stand-in image critest runs (tests/critest.rs),
+                      #   shell commands the streaming tests exec, the downstream
+                      #   tests' ordinary image
+    containerd        # the downstream CRI runtime (tests/downstream.rs), and the
+                      #   sandbox tests run the hostile image under runc too
+    runc              #   (tests/sandbox_runc.rs); containerd's OCI runtime
+    iproute2          # `ip`, in the downstream tests' loopback-only CNI
     prometheus        # a real scraper of /metrics (and promtool) in the tests
 )
 missing=()

@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 scripts/build-example-image.sh debug >/dev/null
 
-for bench in cri_start cri_status pull startup e2e primitives capacity; do
+for bench in cri_start cri_status pull startup e2e primitives capacity downstream; do
     cargo test --bench "$bench" -- --quick
 done
 

@@ -157,6 +157,18 @@ struct ServeArgs {
     /// publications land (benches/capacity/). Never use it in production.
     #[arg(long, hide = true, value_parser = cli::parse_duration)]
     republish_every: Option<Duration>,
+    /// A downstream CRI runtime (`unix:///run/containerd/containerd.sock`)
+    /// running the pods of every other runtime handler; without it they are
+    /// refused.
+    #[arg(long, value_name = "unix:///PATH", value_parser = parse_downstream)]
+    downstream_cri: Option<String>,
+    /// Deadline of the downstream's read calls (Status, List*, *Status).
+    #[arg(long, default_value = "2s", value_parser = cli::parse_duration)]
+    downstream_timeout: Duration,
+    /// With --downstream-cri: pods on the default handler ("") that carry
+    /// the vimana.host/* labels are components, not downstream pods.
+    #[arg(long, num_args = 0..=1, default_value = "false", default_missing_value = "true", action = clap::ArgAction::Set)]
+    default_handler_components: bool,
     /// Every setting as `serve` runs with it (logged once at start).
     #[arg(skip)]
     effective: String,
@@ -420,6 +432,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pids_limit: args.pids_limit,
         insecure_registries: args.insecure_registry,
         republish_every: args.republish_every,
+        downstream: args
+            .downstream_cri
+            .map(|uri| control::downstream::Settings {
+                socket: control::downstream::parse_uri(&uri).expect("checked by clap"),
+                uri,
+                timeout: args.downstream_timeout,
+                components_on_default: args.default_handler_components,
+            }),
         metrics_listen: args.metrics_listen.0,
         data_plane_metrics: Some(node_metrics),
     };
@@ -448,6 +468,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // CRI is down; let the data plane finish its in-flight calls.
     shards.stop();
     result
+}
+
+/// `--downstream-cri`: a Unix socket URI.
+fn parse_downstream(uri: &str) -> Result<String, String> {
+    control::downstream::parse_uri(uri).map(|_| uri.to_owned())
 }
 
 /// Installs the SIGTERM/SIGINT handlers now; the future resolves on either.

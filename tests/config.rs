@@ -57,6 +57,12 @@ fn sample(key: &str) -> Option<(&'static str, &'static str)> {
         "log-format" => ("\"json\"", "json"),
         "metrics-listen" => ("\"127.0.0.1:9999\"", "127.0.0.1:9999"),
         "insecure-registry" => ("[\"a.test:5000\", \"b.test\"]", "a.test:5000,b.test"),
+        "downstream-cri" => (
+            "\"unix:///run/cfg/containerd.sock\"",
+            "unix:///run/cfg/containerd.sock",
+        ),
+        "downstream-timeout" => ("\"5s\"", "5s"),
+        "default-handler-components" => ("true", "true"),
         _ => return None,
     })
 }

@@ -7,6 +7,7 @@
 mod authority;
 pub mod container;
 pub mod cri;
+pub mod downstream;
 mod error;
 pub mod image;
 mod lifecycle;
@@ -64,6 +65,14 @@ pub async fn serve(
     }
     let streaming = streaming::Server::start(Arc::clone(&runtime)).await?;
     let cri = cri::Cri::new(Arc::clone(&runtime), streaming);
+    // Every CRI call passes the router: to vimanad or the downstream. It
+    // sits inside the metrics layer (both sides' calls are counted) and
+    // vimanad's own Exec/Attach/PortForward still reach its streaming server.
+    let cri = downstream::Router::new(
+        cri,
+        &runtime.config.runtime_handler,
+        runtime.config.downstream.as_ref(),
+    );
     tracing::info!(socket = %socket.display(), "serving CRI");
     // Every client is served whatever `:authority` it sends (authority.rs).
     let incoming = tokio_stream::StreamExt::map(

@@ -47,6 +47,9 @@ pub struct Config {
     /// pool again at this interval although nothing changed. `None` (the
     /// default) publishes only on changes.
     pub republish_every: Option<Duration>,
+    /// The downstream CRI runtime pods of other handlers go to
+    /// (`serve --downstream-cri`); `None` refuses them.
+    pub downstream: Option<super::downstream::Settings>,
     /// Where the operator's endpoint listens (`/metrics`, `/healthz`,
     /// `/readyz`, `/debug/pool`); `None` switches it off.
     pub metrics_listen: Option<std::net::SocketAddr>,
