@@ -8,6 +8,9 @@ mod authority;
 pub mod container;
 pub mod cri;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 mod lifecycle;
 pub mod metrics;
