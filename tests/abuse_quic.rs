@@ -441,7 +441,12 @@ async fn a_retry_token_is_refused_under_another_connection_id_or_port() {
     let answers = received(&s, Duration::from_millis(600));
     assert!(
         !answers.is_empty(),
-        "the validated client got its handshake"
+        "the validated client got its handshake: {}",
+        scrape(&node)
+            .lines()
+            .filter(|l| l.starts_with("vimanad_quic"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     for mut a in answers {
         let _ = c.recv(

@@ -216,9 +216,16 @@ impl Acceptor {
         }
         let quic = {
             let mut config = self.quic_config.borrow_mut();
-            config.set_stateless_reset_token(Some(self.resets.token(&scid)));
-            quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut config)
-                .map_err(|_| Refused::Drop(Drop::Rejected))?
+            // quiche 0.30 encodes the transport parameters into a fixed
+            // buffer that a reset token does not fit beside the Retry's two
+            // connection IDs (BufferTooShort): connections that passed a
+            // Retry go without one (they idle out instead of being reset).
+            let token = odcid.is_none().then(|| self.resets.token(&scid));
+            config.set_stateless_reset_token(token);
+            quiche::accept(&scid, odcid.as_ref(), self.local, from, &mut config).map_err(|e| {
+                tracing::debug!(error = %e, "quiche refused an Initial");
+                Refused::Drop(Drop::Rejected)
+            })?
         };
         self.sources.opened(source);
         Ok(Accepted { scid, quic, source })
