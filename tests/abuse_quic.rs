@@ -189,16 +189,21 @@ fn flood(
         for s in &sockets {
             s.set_nonblocking(true).unwrap();
         }
-        let mut seed = 1_000_000u64;
+        // One real Initial, its destination ID changed for each send: the
+        // node files a connection for the header before it can tell that
+        // the packet does not decrypt, so this costs the attacker nothing.
+        let mut c = client(1_000_000, sockets[0].local_addr().unwrap(), server);
+        let mut initial = next(&mut c).unwrap();
+        let dcid_len = initial[5] as usize;
+        assert!(dcid_len >= 8);
+        let mut n = 0u64;
         let mut buf = vec![0u8; 65_535];
         while !stop.load(Ordering::Relaxed) {
             for s in &sockets {
-                seed += 1;
-                let mut c = client(seed, s.local_addr().unwrap(), server);
-                if let Some(d) = next(&mut c) {
-                    if s.send_to(&d, server).is_ok() {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                n += 1;
+                initial[6..14].copy_from_slice(&n.to_be_bytes());
+                if s.send_to(&initial, server).is_ok() {
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
                 // Whatever the node answers is never read by a real
                 // attacker; drain it so the socket buffers stay small.
