@@ -16,6 +16,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 scripts/build-example-image.sh debug >/dev/null
 
+# Every fuzz target for 15 s (its seed corpus replayed first): about
+# 75 s of fuzzing plus the instrumented build (scripts/fuzz.sh).
+scripts/fuzz.sh all 15
+
 for bench in cri_start cri_status pull startup e2e primitives capacity downstream; do
     cargo test --bench "$bench" -- --quick
 done

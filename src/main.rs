@@ -119,6 +119,28 @@ struct ServeArgs {
     /// Connections per shard above which new clients must pass a Retry.
     #[arg(long, default_value = "2000")]
     retry_above: usize,
+    /// Handshakes in progress per shard above which new clients must pass
+    /// a Retry (a handshake flood switches address validation on).
+    #[arg(long, default_value = "128")]
+    retry_handshakes_above: usize,
+    /// Handshakes in progress per source address (IPv6: per /64) and
+    /// shard (0 = no limit).
+    #[arg(long, default_value = "64")]
+    max_handshakes_per_source: usize,
+    /// QUIC connections per source address (IPv6: per /64) and shard
+    /// (0 = no limit).
+    #[arg(long, default_value = "1000")]
+    max_connections_per_source: usize,
+    /// A QUIC handshake with no packet from the client for this long is
+    /// abandoned.
+    #[arg(long, default_value = "5s", value_parser = cli::parse_duration)]
+    handshake_idle_timeout: Duration,
+    /// A QUIC handshake not complete after this long is abandoned.
+    #[arg(long, default_value = "10s", value_parser = cli::parse_duration)]
+    handshake_timeout: Duration,
+    /// Stateless resets sent per second and shard, at most (0 = none).
+    #[arg(long, default_value = "1000")]
+    stateless_resets_per_second: u32,
     /// Concurrent streams per QUIC connection.
     #[arg(long, default_value = "256")]
     max_streams: usize,
@@ -414,6 +436,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings: shard::Settings {
             max_connections: args.max_connections,
             retry_above: args.retry_above,
+            retry_handshakes_above: args.retry_handshakes_above,
+            max_handshakes_per_source: args.max_handshakes_per_source,
+            max_connections_per_source: args.max_connections_per_source,
+            handshake_idle_timeout: args.handshake_idle_timeout,
+            handshake_timeout: args.handshake_timeout,
+            stateless_resets_per_second: args.stateless_resets_per_second,
             max_streams_per_conn: args.max_streams,
             max_message_size: args.max_message_size,
         },

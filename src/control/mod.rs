@@ -9,6 +9,9 @@ pub mod container;
 pub mod cri;
 pub mod downstream;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 mod lifecycle;
 pub mod metrics;

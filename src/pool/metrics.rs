@@ -141,8 +141,15 @@ pub enum Drop {
     ConnectionLimit,
     /// An Initial too small to be answered (RFC 9000 §14.1).
     TooSmall,
-    /// A Retry token that did not validate.
+    /// A Retry token that did not validate (forged, expired, from another
+    /// address or port, or replayed under another connection ID).
     InvalidToken,
+    /// An Initial from a source already holding its connections on this
+    /// shard (`--max-connections-per-source`).
+    SourceLimit,
+    /// An Initial from a source already holding its handshakes in progress
+    /// on this shard (`--max-handshakes-per-source`).
+    SourceHandshakeLimit,
     /// An Initial while the shard drains.
     Draining,
     /// quiche refused it.
@@ -150,12 +157,14 @@ pub enum Drop {
 }
 
 impl Drop {
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [Drop; 9] = [
         Drop::Malformed,
         Drop::UnknownConnection,
         Drop::ConnectionLimit,
         Drop::TooSmall,
         Drop::InvalidToken,
+        Drop::SourceLimit,
+        Drop::SourceHandshakeLimit,
         Drop::Draining,
         Drop::Rejected,
     ];
@@ -166,6 +175,8 @@ impl Drop {
             Drop::ConnectionLimit => "connection_limit",
             Drop::TooSmall => "too_small",
             Drop::InvalidToken => "invalid_token",
+            Drop::SourceLimit => "source_limit",
+            Drop::SourceHandshakeLimit => "source_handshake_limit",
             Drop::Draining => "draining",
             Drop::Rejected => "rejected",
         }
@@ -183,8 +194,14 @@ pub struct ShardMetrics {
     pub handshakes_started: Counter,
     /// Handshakes that completed.
     pub handshakes_done: Counter,
+    /// Connections whose handshake is in progress.
+    pub handshakes_pending: Gauge,
+    /// Handshakes abandoned at the handshake deadline (or idle before it).
+    pub handshake_timeouts: Counter,
     pub retries_sent: Counter,
     pub version_negotiations_sent: Counter,
+    /// Stateless resets sent for unknown connection IDs.
+    pub stateless_resets_sent: Counter,
     /// Streams refused for the per-connection limit.
     pub streams_refused: Counter,
     /// Calls the data plane answered itself (client cancellations aside).
@@ -201,8 +218,11 @@ impl Default for ShardMetrics {
             connections_open: Gauge::default(),
             handshakes_started: Counter::default(),
             handshakes_done: Counter::default(),
+            handshakes_pending: Gauge::default(),
+            handshake_timeouts: Counter::default(),
             retries_sent: Counter::default(),
             version_negotiations_sent: Counter::default(),
+            stateless_resets_sent: Counter::default(),
             streams_refused: Counter::default(),
             answered: Counter::default(),
             components: (0..MAX_COMPONENT_SLOTS)

@@ -281,6 +281,16 @@ impl Conn {
         self.inner.borrow().quic.is_closed()
     }
 
+    /// Whether the QUIC handshake has completed.
+    pub fn is_established(&self) -> bool {
+        self.inner.borrow().quic.is_established()
+    }
+
+    /// Packets received so far (the handshake deadlines watch it).
+    pub fn packets_received(&self) -> usize {
+        self.inner.borrow().quic.stats().recv
+    }
+
     /// Gives quiche one received datagram.
     pub fn recv(&self, buf: &mut [u8], info: quiche::RecvInfo) -> quiche::Result<usize> {
         self.inner.borrow_mut().quic.recv(buf, info)

@@ -5,18 +5,24 @@
 //!
 //! The kernel (SO_REUSEPORT) steers each client's datagrams to one shard,
 //! so a connection lives and dies on one core. Nothing here crosses cores.
+//!
+//! A connection still in its handshake is held to the handshake deadlines
+//! (`--handshake-idle-timeout` since its last packet, `--handshake-timeout`
+//! in all) and then forgotten silently, as an idle timeout would: a
+//! half-open connection keeps its slot for seconds, not the idle timeout.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
 use glommio::net::UdpSocket;
 use quiche::ConnectionId;
 
-use super::accept::{Acceptor, Refused, Reply, CONN_ID_LEN};
+use super::accept::{Acceptor, Limits, Load, Refused, Reply, CONN_ID_LEN};
+use super::burst::Burst;
 use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
 use super::counters::Counters;
@@ -46,11 +52,19 @@ pub struct Shard {
     /// This shard's block of the node's metrics.
     counters: Rc<Counters>,
     draining: Cell<bool>,
+    /// Connections whose handshake is in progress.
+    handshakes: Cell<usize>,
+    /// One log line per burst of each refusal, of Retries asked for a
+    /// flood, and of handshake timeouts (burst.rs).
+    refusals: [Burst; Drop::ALL.len()],
+    flood: Burst,
+    timeouts: Burst,
     /// Connections with news (see flush.rs).
     queue: Rc<FlushQueue>,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)] // each is one piece the shard wires
     pub fn new(
         index: usize,
         socket: UdpSocket,
@@ -59,6 +73,7 @@ impl Shard {
         routes: Reader,
         settings: Settings,
         counters: Counters,
+        reset_secret: &[u8],
     ) -> std::io::Result<Rc<Self>> {
         let local = socket.local_addr()?;
         let counters = Rc::new(counters);
@@ -66,12 +81,7 @@ impl Shard {
             index,
             local,
             wire: Wire::new(socket, index, Rc::clone(&counters)),
-            acceptor: Acceptor::new(
-                quic_config,
-                local,
-                settings.max_connections,
-                settings.retry_above,
-            )?,
+            acceptor: Acceptor::new(quic_config, local, limits(&settings), reset_secret)?,
             conn_settings: ConnSettings {
                 h3: h3_config,
                 max_streams: settings.max_streams_per_conn,
@@ -84,6 +94,10 @@ impl Shard {
             settings,
             counters,
             draining: Cell::new(false),
+            handshakes: Cell::new(0),
+            refusals: Default::default(),
+            flood: Burst::default(),
+            timeouts: Burst::default(),
             queue: Rc::new(FlushQueue::default()),
         }))
     }
@@ -145,17 +159,37 @@ impl Shard {
             let conns = self.conns.borrow();
             conns
                 .get(&header.dcid)
-                .or_else(|| conns.get(&self.acceptor.conn_id_for(&header.dcid)))
+                .or_else(|| {
+                    // A client's retransmitted first Initial (or 0-RTT)
+                    // still carries its own destination ID.
+                    (header.ty != quiche::Type::Short)
+                        .then(|| conns.get(&self.acceptor.conn_id_for(&header.dcid)))
+                        .flatten()
+                })
                 .cloned()
         };
+        let len = buf.len();
         let conn = match conn {
             Some(conn) => conn,
-            None => match self.accept(&header, from) {
+            None => match self.accept(&header, len, from) {
                 Ok(conn) => conn,
                 Err(Refused::Reply(packet, kind)) => {
                     match kind {
-                        Reply::Retry => counters.retries_sent.inc(),
+                        Reply::Retry { flood } => {
+                            counters.retries_sent.inc();
+                            if flood {
+                                if let Some(n) = self.flood.hit(Instant::now()) {
+                                    tracing::warn!(
+                                        shard = self.index,
+                                        handshakes = self.handshakes.get(),
+                                        retries = n,
+                                        "handshake flood: new clients must pass a Retry"
+                                    );
+                                }
+                            }
+                        }
                         Reply::VersionNegotiation => counters.version_negotiations_sent.inc(),
+                        Reply::StatelessReset => counters.stateless_resets_sent.inc(),
                     }
                     // Best effort: a client that misses it sends again.
                     if udp::send_to(self.wire.fd(), &packet, from).is_ok() {
@@ -165,6 +199,7 @@ impl Shard {
                 }
                 Err(Refused::Drop(why)) => {
                     counters.dropped(why);
+                    self.log_refusal(why, from);
                     return;
                 }
             },
@@ -186,20 +221,56 @@ impl Shard {
     fn accept(
         self: &Rc<Self>,
         header: &quiche::Header<'_>,
+        len: usize,
         from: SocketAddr,
     ) -> Result<Rc<Conn>, Refused> {
-        let count = self.conns.borrow().len();
-        let (scid, quic) = self
-            .acceptor
-            .accept(header, from, count, self.draining.get())?;
-        let conn = Conn::new(quic);
-        self.conns.borrow_mut().insert(scid, Rc::clone(&conn));
+        let load = Load {
+            connections: self.conns.borrow().len(),
+            handshakes: self.handshakes.get(),
+            draining: self.draining.get(),
+        };
+        let accepted = self.acceptor.accept(header, len, from, load)?;
+        let conn = Conn::new(accepted.quic);
+        self.conns
+            .borrow_mut()
+            .insert(accepted.scid, Rc::clone(&conn));
         let counters = self.counters.get();
         counters.handshakes_started.inc();
         counters.connections_open.inc();
+        self.handshakes.set(self.handshakes.get() + 1);
+        counters
+            .handshakes_pending
+            .set(self.handshakes.get() as u64);
         tracing::debug!(shard = self.index, peer = %from, "connection accepted");
-        glommio::spawn_local(Rc::clone(self).timer(Rc::clone(&conn))).detach();
+        let timer = Rc::clone(self).timer(Rc::clone(&conn), accepted.source);
+        glommio::spawn_local(timer).detach();
         Ok(conn)
+    }
+
+    /// One warning per burst of refusals for a limit (not for garbage).
+    fn log_refusal(&self, why: Drop, from: SocketAddr) {
+        let what = match why {
+            Drop::ConnectionLimit => "connection limit reached (--max-connections)",
+            Drop::SourceLimit => "a source holds its connections (--max-connections-per-source)",
+            Drop::SourceHandshakeLimit => {
+                "a source holds its handshakes (--max-handshakes-per-source)"
+            }
+            Drop::InvalidToken => "invalid Retry tokens",
+            Drop::TooSmall => "Initials in datagrams under 1200 bytes",
+            _ => return,
+        };
+        if let Some(n) = self.refusals[why as usize].hit(Instant::now()) {
+            tracing::warn!(shard = self.index, last = %from, refused = n, "{what}: Initials dropped");
+        }
+    }
+
+    /// The handshake is over (completed, or the connection is gone).
+    fn handshake_over(&self) {
+        self.handshakes.set(self.handshakes.get().saturating_sub(1));
+        self.counters
+            .get()
+            .handshakes_pending
+            .set(self.handshakes.get() as u64);
     }
 
     /// Asks for `conn` to be serviced and flushed (see flush.rs).
@@ -254,20 +325,42 @@ impl Shard {
         .detach();
     }
 
-    /// Fires the connection's QUIC timers; forgets it once closed.
-    async fn timer(self: Rc<Self>, conn: Rc<Conn>) {
+    /// Fires the connection's QUIC timers and, until its handshake
+    /// completes, the handshake deadlines; forgets it once closed.
+    async fn timer(self: Rc<Self>, conn: Rc<Conn>, source: super::sources::Source) {
+        let mut handshake = Some(Handshake::new(&self.settings, conn.packets_received()));
         loop {
             if conn.is_closed() {
                 break;
             }
+            if let Some(h) = &mut handshake {
+                if conn.is_established() {
+                    handshake = None;
+                    self.handshake_over();
+                    self.acceptor.sources().established(source);
+                } else if h.expired(conn.packets_received(), Instant::now()) {
+                    // Silently, like an idle timeout (RFC 9000 §10.1): a
+                    // close would answer a source that may be spoofed.
+                    self.counters.get().handshake_timeouts.inc();
+                    if let Some(n) = self.timeouts.hit(Instant::now()) {
+                        tracing::warn!(
+                            shard = self.index,
+                            timeouts = n,
+                            "handshakes abandoned at their deadline"
+                        );
+                    }
+                    break;
+                }
+            }
             let quic_timeout = conn.quic_timeout();
+            let now = Instant::now();
             let hold = conn
                 .hold_until()
-                .map(|until| until.saturating_duration_since(std::time::Instant::now()));
-            let timeout = match (quic_timeout, hold) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+                .map(|until| until.saturating_duration_since(now));
+            let deadline = handshake
+                .as_ref()
+                .map(|h| h.deadline().saturating_duration_since(now));
+            let timeout = [quic_timeout, hold, deadline].into_iter().flatten().min();
             let Some(timeout) = timeout else {
                 conn.timer_changed().await;
                 continue;
@@ -283,6 +376,10 @@ impl Shard {
             }
         }
         let _ = conn.service(&self.conn_settings); // aborts any call still attached
+        if handshake.is_some() {
+            self.handshake_over();
+        }
+        self.acceptor.sources().closed(source, handshake.is_some());
         self.counters.get().connections_open.dec();
         self.conns.borrow_mut().retain(|_, c| !Rc::ptr_eq(c, &conn));
         tracing::debug!(shard = self.index, "connection closed");
@@ -308,5 +405,53 @@ impl Shard {
         // Send the closes now: the executor ends after this returns.
         self.flush(&mut Vec::new(), &mut SendBatch::new(MAX_DATAGRAM))
             .await;
+    }
+}
+
+/// A connection's handshake deadlines: idle since its last packet, and in
+/// all since it was accepted.
+struct Handshake {
+    started: Instant,
+    last_packet: Instant,
+    packets: usize,
+    idle: Duration,
+    limit: Duration,
+}
+
+impl Handshake {
+    fn new(settings: &Settings, packets: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last_packet: now,
+            packets,
+            idle: settings.handshake_idle_timeout,
+            limit: settings.handshake_timeout,
+        }
+    }
+
+    /// When the connection is forgotten if nothing comes.
+    fn deadline(&self) -> Instant {
+        (self.last_packet + self.idle).min(self.started + self.limit)
+    }
+
+    /// Notes the packets received so far; whether a deadline passed.
+    fn expired(&mut self, packets: usize, now: Instant) -> bool {
+        if packets != self.packets {
+            self.packets = packets;
+            self.last_packet = now;
+        }
+        now >= self.deadline()
+    }
+}
+
+fn limits(settings: &Settings) -> Limits {
+    Limits {
+        max_connections: settings.max_connections,
+        retry_above: settings.retry_above,
+        retry_handshakes_above: settings.retry_handshakes_above,
+        max_handshakes_per_source: settings.max_handshakes_per_source,
+        max_connections_per_source: settings.max_connections_per_source,
+        stateless_resets_per_second: settings.stateless_resets_per_second,
     }
 }

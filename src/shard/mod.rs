@@ -6,6 +6,7 @@
 //! `control`. Nothing on the request path takes a lock or crosses cores.
 
 mod accept;
+mod burst;
 mod call;
 mod conn;
 #[cfg(test)]
@@ -13,11 +14,16 @@ mod conn_tests;
 mod counters;
 mod endpoint;
 mod flush;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 #[cfg(test)]
 mod pipe;
+mod reset;
 mod respond;
 mod signal;
+mod sources;
 mod stream;
 pub mod tls;
 mod token;
@@ -49,10 +55,44 @@ pub struct Settings {
     pub max_connections: usize,
     /// Above this many connections a shard validates addresses with Retry.
     pub retry_above: usize,
+    /// Above this many handshakes in progress a shard validates addresses
+    /// with Retry (a handshake flood).
+    pub retry_handshakes_above: usize,
+    /// Handshakes in progress per source address (IPv6: per /64) and
+    /// shard; 0 = no limit.
+    pub max_handshakes_per_source: usize,
+    /// Connections per source address (IPv6: per /64) and shard; 0 = no
+    /// limit.
+    pub max_connections_per_source: usize,
+    /// A handshake with no packet from the client for this long is
+    /// abandoned.
+    pub handshake_idle_timeout: Duration,
+    /// A handshake not complete after this long is abandoned.
+    pub handshake_timeout: Duration,
+    /// Stateless resets per second and shard, at most.
+    pub stateless_resets_per_second: u32,
     /// Concurrent streams per connection.
     pub max_streams_per_conn: usize,
     /// Largest request message, in bytes.
     pub max_message_size: usize,
+}
+
+/// The defaults of the `serve` flags.
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            retry_above: 2000,
+            retry_handshakes_above: 128,
+            max_handshakes_per_source: 64,
+            max_connections_per_source: 1000,
+            handshake_idle_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            stateless_resets_per_second: 1000,
+            max_streams_per_conn: 256,
+            max_message_size: 4 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +200,10 @@ fn setup(
     let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;
     h3.set_max_field_section_size(16 * 1024);
     let counters = counters::Counters::new(std::sync::Arc::clone(&config.metrics), index);
+    // The stateless reset key is derived from the TLS key: the same on
+    // every shard and across restarts (reset.rs).
+    let secret = std::fs::read(&config.tls.key)
+        .map_err(|e| std::io::Error::other(format!("read {}: {e}", config.tls.key.display())))?;
     let shard = endpoint::Shard::new(
         index,
         socket,
@@ -168,6 +212,7 @@ fn setup(
         reader,
         config.settings.clone(),
         counters,
+        &secret,
     )?;
     tracing::info!(shard = index, listen = %config.listen, "shard serving HTTP/3");
     Ok(shard)

@@ -51,6 +51,7 @@ impl Pipe {
                 retry_above: 10,
                 max_streams_per_conn: quic_streams,
                 max_message_size: 4 << 20,
+                ..super::Settings::default()
             },
         };
         let mut server_config = super::quic_config(&config).expect("server QUIC configuration");

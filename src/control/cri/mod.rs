@@ -7,7 +7,7 @@
 mod container;
 mod events;
 mod images;
-mod labels;
+pub(crate) mod labels;
 mod query;
 mod sandbox;
 mod start;

@@ -38,3 +38,5 @@ pub use reference::{normalize_reference, Reference};
 pub use registry::{Credentials, RegistryConfig};
 pub use store::ImageStore;
 pub use types::{FsUsage, Image, ImageConfig};
+#[cfg(fuzzing)]
+pub(crate) use unpack::apply_layer;

@@ -107,6 +107,24 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "vimanad_quic_handshakes_in_progress",
+        "QUIC connections whose handshake is in progress",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "vimanad_quic_handshake_timeouts_total",
+        "QUIC handshakes abandoned at the handshake deadline",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "vimanad_quic_stateless_resets_sent_total",
+        "QUIC stateless resets sent for unknown connection IDs",
+        MetricType::COUNTER,
+        &[],
+    ),
 ];
 
 impl Collector {
@@ -285,4 +303,7 @@ fn shard_series(families: &mut [Vec<Metric>], s: &str, shard: &ShardMetrics) {
     families[11].push(counter(&only, shard.retries_sent.get()));
     families[12].push(counter(&only, shard.version_negotiations_sent.get()));
     families[13].push(counter(&only, shard.streams_refused.get()));
+    families[14].push(gauge(&only, shard.handshakes_pending.get()));
+    families[15].push(counter(&only, shard.handshake_timeouts.get()));
+    families[16].push(counter(&only, shard.stateless_resets_sent.get()));
 }
