@@ -49,6 +49,12 @@ if ! python3 -c 'import aioquic' 2>/dev/null; then
     python3 -m pip install --quiet aioquic ||
         python3 -m pip install --quiet --break-system-packages aioquic
 fi
+# websockets: a WebSocket client nobody here wrote, for exec through the
+# kubelet's own /exec handler (tests/kubelet.rs, peers/kubelet_ws_exec.py).
+if ! python3 -c 'import websockets' 2>/dev/null; then
+    python3 -m pip install --quiet websockets ||
+        python3 -m pip install --quiet --break-system-packages websockets
+fi
 # grpcio: a CRI client nobody here wrote (tests/cri_clients.rs), sending
 # its own default :authority on unix sockets.
 if ! python3 -c 'import grpc' 2>/dev/null; then

@@ -36,6 +36,9 @@ enum Command {
     Cri(cli::cri::CriArgs),
     /// Make one gRPC call over HTTP/3.
     Call(cli::call::CallArgs),
+    /// Show a running node's pod pool: domains, services, versions,
+    /// endpoints with their outstanding calls per shard (/debug/pool).
+    Pool(cli::pool::PoolArgs),
     /// The config file of `serve`: print a default one, check one.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -365,6 +368,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Image(cmd) => image_command(cmd),
         Command::Cri(args) => cli::cri::run(args),
+        Command::Pool(args) => cli::pool::run(args),
         Command::Config(cmd) => config_command(cmd),
         Command::Shim { .. }
         | Command::ExecShim { .. }

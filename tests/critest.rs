@@ -26,12 +26,6 @@ use common::{Node, Registry};
 
 /// Specs not run: what they need is outside vimanad's scope here.
 const SKIP: &[(&str, &str)] = &[
-    (
-        "Streaming",
-        "exec / attach / port-forward are not built yet",
-    ),
-    ("execSync", "ExecSync is not built yet"),
-    ("container exec", "ExecSync is not built yet"),
     ("port mapping", "pods share the node's network: no ports"),
     (
         "Image Manager",
@@ -99,8 +93,17 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// The busybox stand-in: busybox-static at /bin/busybox, a link per applet,
-/// `sh` as its command (as the busybox images).
+/// The script at `/bin/top` of the stand-in: critest's default container
+/// command is `top`, and a container here is running once it serves gRPC
+/// on its socket (SPEC), which busybox never does. So `top` starts the
+/// example component (`/component`, serving `$VIMANA_GRPC_ADDRESS`) beside
+/// busybox's own top: critest's containers then start, and its specs test
+/// what they mean to (exec, attach, stats, ...) rather than readiness.
+const TOP: &[u8] = b"#!/bin/sh\n/component &\nexec /bin/busybox top \"$@\"\n";
+
+/// The busybox stand-in: busybox-static at /bin/busybox, a link per applet
+/// (`top` a script, [`TOP`]), the example component at `/component`, `sh`
+/// as its command (as the busybox images).
 fn build_busybox(layout: &Path) {
     let busybox = Path::new("/bin/busybox");
     assert!(
@@ -111,7 +114,7 @@ fn build_busybox(layout: &Path) {
     let applets: Vec<String> = String::from_utf8(list.stdout)
         .unwrap()
         .lines()
-        .filter(|a| *a != "busybox" && !a.is_empty())
+        .filter(|a| *a != "busybox" && *a != "top" && !a.is_empty())
         .map(|a| format!("bin/{a}"))
         .collect();
     let mut entries = vec![tools::image::Entry::Dir("bin")];
@@ -120,6 +123,13 @@ fn build_busybox(layout: &Path) {
             .iter()
             .map(|a| tools::image::Entry::Symlink(a, "/bin/busybox")),
     );
+    entries.push(tools::image::Entry::File("bin/top", TOP));
+    let component = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/x86_64-unknown-linux-gnu/release/vimana-example"),
+    )
+    .expect("the example component (scripts/build-example-image.sh builds it)");
+    entries.push(tools::image::Entry::File("component", &component));
     entries.push(tools::image::Entry::Dir("etc"));
     entries.push(tools::image::Entry::File(
         "etc/passwd",
@@ -316,7 +326,7 @@ async fn critest_passes_the_specs_vimanad_supports() {
     let mut missing = Vec::new();
     for wanted in EXPECTED_PASS {
         let found: Vec<&Spec> = specs.iter().filter(|s| s.text.contains(wanted)).collect();
-        let absent_ok = focus.is_some() && found.is_empty();
+        let absent_ok = focus.is_some() && found.iter().all(|s| s.state == "skipped");
         if !absent_ok && (found.is_empty() || found.iter().any(|s| s.state != "passed")) {
             missing.push(format!("{wanted}: {found:?}"));
         }

@@ -297,3 +297,170 @@ async fn the_endpoint_can_be_switched_off_and_answers_only_its_paths() {
     let off = Node::start_with(&["--metrics-listen", "off"]).await;
     assert!(!off.log().contains("serving metrics"), "{}", off.log());
 }
+
+/// A GET with an `Accept` header; returns (status, content type, body).
+fn get_accepting(addr: SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kind = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_owned();
+    (status, kind, body.to_owned())
+}
+
+#[tokio::test]
+async fn openmetrics_when_asked() {
+    let mut node = Node::start().await;
+    let addr = node.metrics_addr();
+    let _pod = node.running_pod("om", V1).await;
+    let (code, _, err) = vimanad_call(
+        &node,
+        "example.com",
+        "/vimana.example.v1.Echo/Unary",
+        &["--text", "x"],
+    );
+    assert_eq!(code, 0, "{err}");
+    // What Prometheus 2.42 sends: it then parses OpenMetrics strictly (the
+    // Prometheus test above scrapes this way).
+    let (status, kind, body) = get_accepting(
+        addr,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        kind.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{kind}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains("# TYPE vimanad_cri_calls counter\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"vimanad_cri_calls_total{method="RunPodSandbox",code="OK"} 1"#)
+            || body.contains(r#"vimanad_cri_calls_total{code="OK",method="RunPodSandbox"} 1"#),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE vimanad_grpc_call_duration_seconds histogram\n"));
+    assert!(body.contains(r#"le="+Inf"}"#), "{body}");
+    assert!(!body.contains("# TYPE vimanad_cri_calls_total"), "{body}");
+    // Without asking: the Prometheus text format.
+    let (_, kind, body) = get_accepting(addr, "/metrics", "text/plain;version=0.0.4");
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert!(body.contains("# TYPE vimanad_cri_calls_total counter"));
+    assert!(!body.contains("# EOF"));
+}
+
+/// `vimanad pool` on a running node: the tree from /debug/pool, with the
+/// calls in flight counted on their endpoint and shard.
+#[tokio::test]
+async fn vimanad_pool_shows_outstanding_calls_per_endpoint_and_shard() {
+    let mut node = Node::start_configured(2, "info", &[]).await;
+    let addr = node.metrics_addr();
+    let pod = node.running_pod("pool", V1).await;
+    let slow = hex::encode(prost::Message::encode_to_vec(
+        &vimana_example::pb::EchoRequest {
+            message: "slow".into(),
+            sleep_ms: 4000,
+            ..Default::default()
+        },
+    ));
+    // Two calls held by the component for 4 s each.
+    let calls: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(vimanad())
+                .arg("call")
+                .arg("--connect")
+                .arg(node.listen.to_string())
+                .arg("https://example.com/vimana.example.v1.Echo/Unary")
+                .args(["--data-hex", &slow])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outstanding = |pool: &serde_json::Value| -> Vec<u64> {
+        pool["domains"]["example.com"][SERVICE]["1.0.0"]["endpoints"][0]["outstanding_per_shard"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let per_shard = loop {
+        let pool: serde_json::Value = serde_json::from_str(&get(addr, "/debug/pool").1).unwrap();
+        let per_shard = outstanding(&pool);
+        if per_shard.iter().sum::<u64>() == 2 {
+            break per_shard;
+        }
+        assert!(Instant::now() < deadline, "never 2 outstanding: {pool}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(per_shard.len(), 2, "one figure per shard");
+
+    // The command prints the same, as a tree.
+    let out = Command::new(vimanad())
+        .args(["pool", "--address", &addr.to_string()])
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{tree}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = format!(
+        "      {pod}  outstanding per shard [{} {}]",
+        per_shard[0], per_shard[1]
+    );
+    assert!(tree.starts_with("generation "), "{tree}");
+    assert!(tree.contains("published 20"), "{tree}");
+    assert!(tree.contains("\nexample.com\n"), "{tree}");
+    assert!(tree.contains(&format!("\n  {SERVICE}\n")), "{tree}");
+    assert!(
+        tree.contains("\n    1.0.0  in flight per shard ["),
+        "{tree}"
+    );
+    assert!(tree.contains(&shown), "{tree}");
+    println!("{tree}");
+
+    for mut call in calls {
+        assert!(call.wait().unwrap().success());
+    }
+    let pool: serde_json::Value = serde_json::from_str(&get(addr, "/debug/pool").1).unwrap();
+    assert_eq!(outstanding(&pool), [0, 0], "{pool}");
+    let json = Command::new(vimanad())
+        .args(["pool", "--json", "--address", &addr.to_string()])
+        .output()
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed["generation"], pool["generation"]);
+
+    // No node there: a clear error, not a panic.
+    let none = Command::new(vimanad())
+        .args([
+            "pool",
+            "--address",
+            &format!("127.0.0.1:{}", free_tcp_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("connect to the metrics listener"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+}

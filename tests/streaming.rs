@@ -714,47 +714,59 @@ async fn crictl_port_forward_reaches_the_component_over_spdy_and_websocket() {
     };
     let mut node = Node::start().await;
     let id = node.running_pod("forward", A).await;
-    for transport in TRANSPORTS {
-        let port = common::free_tcp_port();
+    // Whatever port is asked, the forwarded connection reaches the
+    // component's gRPC socket: 50051 beside another number each time (80,
+    // 65535), two ports in one forwarding session.
+    for (transport, other) in TRANSPORTS.into_iter().zip([80u16, 65535]) {
+        let ports = [common::free_tcp_port(), common::free_tcp_port()];
         let mut forward = crictl(&node, &crictl_bin)
             .args([
                 "port-forward",
                 "--transport",
                 transport,
                 &id,
-                &format!("{port}:50051"),
+                &format!("{}:50051", ports[0]),
+                &format!("{}:{other}", ports[1]),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut ready = false;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                ready = true;
-                break;
+        for port in ports {
+            let mut ready = false;
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                ready,
+                "{transport}: crictl port-forward did not listen on {port}"
+            );
         }
-        assert!(ready, "{transport}: crictl port-forward did not listen");
-        // Any HTTP/2 client: a gRPC call through the forwarded port, twice
-        // (two forwarded connections).
-        for round in 0..2 {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .connect()
+        // Any HTTP/2 client: a gRPC call through each forwarded port, twice
+        // (two forwarded connections each).
+        for (port, remote) in ports.into_iter().zip([50051, other]) {
+            for round in 0..2 {
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap_or_else(|e| panic!("{transport} {remote}: connect: {e}"));
+                let message = format!("through {transport} to {remote}, {round}");
+                let reply = vimana_example::pb::echo_client::EchoClient::new(channel)
+                    .unary(vimana_example::pb::EchoRequest {
+                        message: message.clone(),
+                        ..Default::default()
+                    })
                     .await
-                    .unwrap_or_else(|e| panic!("{transport}: connect: {e}"));
-            let reply = vimana_example::pb::echo_client::EchoClient::new(channel)
-                .unary(vimana_example::pb::EchoRequest {
-                    message: format!("through {transport} {round}"),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{transport}: call: {e}"))
-                .into_inner();
-            assert_eq!(reply.message, format!("through {transport} {round}"));
+                    .unwrap_or_else(|e| panic!("{transport} {remote}: call: {e}"))
+                    .into_inner();
+                assert_eq!(reply.message, message);
+            }
         }
         let _ = forward.kill();
         let _ = forward.wait();

@@ -5,6 +5,7 @@ pub mod call;
 pub mod config;
 pub mod cri;
 pub mod grpc_frame;
+pub mod pool;
 
 use std::time::Duration;
 

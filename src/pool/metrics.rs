@@ -10,7 +10,14 @@
 //! publisher gives each component version a slot when it first appears in
 //! a snapshot ([`ComponentSlots`]); slots are never reused, so counters
 //! stay monotonic, and past [`MAX_COMPONENT_SLOTS`] components share the
-//! "other" slot, which bounds the endpoint's cardinality. Owns no policy:
+//! "other" slot, which bounds the endpoint's cardinality.
+//!
+//! Per-endpoint outstanding calls (what the shard's least-outstanding
+//! balancer counts) are mirrored into [`EndpointCell`]s of the shard's
+//! block: the shard takes a free cell when it first opens an upstream to an
+//! endpoint, stores the count on every change (its own lines, one writer),
+//! and frees the cell when it drops that upstream; `/debug/pool` reads them.
+//! Owns no policy:
 //! what to count is the shard's business, how to expose it the control
 //! plane's.
 
@@ -27,6 +34,10 @@ pub const SLOT_NONE: u32 = 0;
 /// Components past the cap.
 pub const SLOT_OTHER: u32 = 1;
 
+/// False in a build with the `metrics-off` feature (benchmarks only: the
+/// same binary without any counting, to measure what counting costs).
+const COUNTING: bool = !cfg!(feature = "metrics-off");
+
 /// A counter with one writer: `add` is a plain load and store.
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -34,6 +45,9 @@ pub struct Counter(AtomicU64);
 impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
+        if !COUNTING {
+            return;
+        }
         // One writer (the owning shard): no read-modify-write needed.
         let v = self.0.load(Ordering::Relaxed);
         self.0.store(v.wrapping_add(n), Ordering::Relaxed);
@@ -54,16 +68,25 @@ pub struct Gauge(AtomicU64);
 impl Gauge {
     #[inline]
     pub fn inc(&self) {
+        if !COUNTING {
+            return;
+        }
         let v = self.0.load(Ordering::Relaxed);
         self.0.store(v.wrapping_add(1), Ordering::Relaxed);
     }
     #[inline]
     pub fn dec(&self) {
+        if !COUNTING {
+            return;
+        }
         let v = self.0.load(Ordering::Relaxed);
         self.0.store(v.wrapping_sub(1), Ordering::Relaxed);
     }
     #[inline]
     pub fn set(&self, v: u64) {
+        if !COUNTING {
+            return;
+        }
         self.0.store(v, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
@@ -88,6 +111,9 @@ pub struct Histogram {
 impl Histogram {
     #[inline]
     pub fn observe(&self, d: std::time::Duration) {
+        if !COUNTING {
+            return;
+        }
         let secs = d.as_secs_f64();
         let i = LATENCY_BUCKETS
             .iter()
@@ -183,6 +209,61 @@ impl Drop {
     }
 }
 
+/// Endpoints per shard whose outstanding calls are mirrored for
+/// `/debug/pool`; past it an endpoint's count is not shown (the balancer
+/// is unaffected: it counts in the shard's own map).
+pub const MAX_ENDPOINT_CELLS: usize = 1024;
+
+/// One endpoint's outstanding calls on one shard. Written only by the
+/// shard: `key` is the pod ordinal + 1 (0: a free cell), written last when
+/// the cell is taken and first when it is freed, so a reader that sees the
+/// same key before and after reading the count has a count of that key.
+#[derive(Default)]
+pub struct EndpointCell {
+    key: AtomicU64,
+    incarnation: AtomicU64,
+    outstanding: AtomicU64,
+}
+
+impl EndpointCell {
+    /// Takes the cell for endpoint (ordinal, incarnation), count 0.
+    #[inline]
+    pub fn take(&self, ordinal: u64, incarnation: u64) {
+        if !COUNTING {
+            return;
+        }
+        self.outstanding.store(0, Ordering::Relaxed);
+        self.incarnation.store(incarnation, Ordering::Relaxed);
+        self.key.store(ordinal.wrapping_add(1), Ordering::Release);
+    }
+
+    #[inline]
+    pub fn set(&self, outstanding: u64) {
+        if !COUNTING {
+            return;
+        }
+        self.outstanding.store(outstanding, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn free(&self) {
+        self.key.store(0, Ordering::Release);
+        self.outstanding.store(0, Ordering::Relaxed);
+    }
+
+    /// (ordinal, incarnation, outstanding), if the cell is taken and was
+    /// not retaken while it was read.
+    pub fn read(&self) -> Option<(u64, u64, u64)> {
+        let key = self.key.load(Ordering::Acquire);
+        if key == 0 {
+            return None;
+        }
+        let incarnation = self.incarnation.load(Ordering::Acquire);
+        let outstanding = self.outstanding.load(Ordering::Acquire);
+        (self.key.load(Ordering::Acquire) == key).then(|| (key - 1, incarnation, outstanding))
+    }
+}
+
 /// One shard's counters. Written only by its shard.
 #[repr(align(128))]
 pub struct ShardMetrics {
@@ -207,6 +288,7 @@ pub struct ShardMetrics {
     /// Calls the data plane answered itself (client cancellations aside).
     pub answered: Counter,
     components: Box<[ComponentMetrics]>,
+    endpoints: Box<[EndpointCell]>,
 }
 
 impl Default for ShardMetrics {
@@ -227,6 +309,9 @@ impl Default for ShardMetrics {
             answered: Counter::default(),
             components: (0..MAX_COMPONENT_SLOTS)
                 .map(|_| ComponentMetrics::default())
+                .collect(),
+            endpoints: (0..MAX_ENDPOINT_CELLS)
+                .map(|_| EndpointCell::default())
                 .collect(),
         }
     }
@@ -253,6 +338,23 @@ impl ShardMetrics {
         self.components
             .get(slot as usize)
             .unwrap_or(&self.components[SLOT_OTHER as usize])
+    }
+
+    /// Endpoint cell `i` (`None` past [`MAX_ENDPOINT_CELLS`]).
+    #[inline]
+    pub fn endpoint_cell(&self, i: usize) -> Option<&EndpointCell> {
+        self.endpoints.get(i)
+    }
+
+    /// Outstanding calls on this shard by endpoint (ordinal, incarnation),
+    /// for the endpoints it has an upstream to (read at any time, from any
+    /// thread).
+    pub fn outstanding(&self) -> std::collections::HashMap<(u64, u64), u64> {
+        self.endpoints
+            .iter()
+            .filter_map(EndpointCell::read)
+            .map(|(ordinal, incarnation, n)| ((ordinal, incarnation), n))
+            .collect()
     }
 }
 
@@ -345,6 +447,20 @@ mod tests {
         assert_eq!(c[LATENCY_BUCKETS.len() - 1], 2);
         assert_eq!(c[LATENCY_BUCKETS.len()], 3);
         assert!((h.sum_seconds() - 60.00305).abs() < 1e-6);
+    }
+
+    #[test]
+    fn endpoint_cells_read_what_their_shard_wrote() {
+        let m = ShardMetrics::default();
+        let cell = m.endpoint_cell(3).unwrap();
+        assert!(cell.read().is_none());
+        cell.take(0, 7); // pod #0: ordinal 0 is a real endpoint
+        cell.set(2);
+        assert_eq!(cell.read(), Some((0, 7, 2)));
+        assert_eq!(m.outstanding().get(&(0, 7)), Some(&2));
+        cell.free();
+        assert!(m.outstanding().is_empty());
+        assert!(m.endpoint_cell(MAX_ENDPOINT_CELLS).is_none());
     }
 
     #[test]

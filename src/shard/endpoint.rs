@@ -90,7 +90,7 @@ impl Shard {
             },
             conns: RefCell::new(HashMap::new()),
             routes: Rc::new(RefCell::new(routes)),
-            upstreams: Rc::new(Upstreams::default()),
+            upstreams: Rc::new(Upstreams::reporting(Rc::clone(&counters))),
             settings,
             counters,
             draining: Cell::new(false),

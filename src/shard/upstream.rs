@@ -8,8 +8,10 @@
 //! socket path but is a new process): that pair is the pool key.
 //!
 //! A call counts as outstanding on its upstream from checkout until its
-//! [`Outstanding`] guard drops, whatever way the call ends. Opening the
-//! socket itself is [`open_socket`], the one place that connects to a pod.
+//! [`Outstanding`] guard drops, whatever way the call ends; the count is
+//! mirrored into one of the shard's own endpoint cells (`pool::metrics`,
+//! a plain store, no lock) for `/debug/pool`. Opening the socket itself is
+//! [`open_socket`], the one place that connects to a pod.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -21,6 +23,8 @@ use futures::future::{FutureExt, LocalBoxFuture, Shared};
 use h2::client::SendRequest;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use super::counters::Counters;
+use crate::pool::metrics::EndpointCell;
 use crate::pool::{Endpoint, Peer, Snapshot};
 
 pub type Key = (u64, u64);
@@ -30,11 +34,15 @@ type Connecting = Shared<LocalBoxFuture<'static, Result<SendRequest<Bytes>, Stri
 struct Upstream {
     connection: Connecting,
     outstanding: usize,
+    /// Its endpoint cell in the shard's metrics block, if one was free.
+    cell: Option<usize>,
 }
 
 #[derive(Default)]
 pub struct Upstreams {
     map: RefCell<HashMap<Key, Upstream>>,
+    /// Where outstanding counts are mirrored (none in some unit tests).
+    cells: Option<Cells>,
     /// The snapshot generation the map was last pruned against.
     generation: std::cell::Cell<u64>,
     /// Breaks ties between equally loaded endpoints.
@@ -45,7 +53,64 @@ pub fn key(endpoint: &Endpoint) -> Key {
     (endpoint.id.ordinal(), endpoint.incarnation)
 }
 
+/// The shard's endpoint cells and which of them are free.
+struct Cells {
+    counters: Rc<Counters>,
+    free: RefCell<Vec<usize>>,
+    next: std::cell::Cell<usize>,
+}
+
+impl Cells {
+    fn take(&self, key: Key) -> Option<usize> {
+        let i = self.free.borrow_mut().pop().or_else(|| {
+            let i = self.next.get();
+            self.counters.get().endpoint_cell(i)?;
+            self.next.set(i + 1);
+            Some(i)
+        })?;
+        self.cell(Some(i))?.take(key.0, key.1);
+        Some(i)
+    }
+
+    fn cell(&self, i: Option<usize>) -> Option<&EndpointCell> {
+        self.counters.get().endpoint_cell(i?)
+    }
+
+    fn free(&self, i: Option<usize>) {
+        if let (Some(i), Some(cell)) = (i, self.cell(i)) {
+            cell.free();
+            self.free.borrow_mut().push(i);
+        }
+    }
+}
+
 impl Upstreams {
+    /// Upstreams that mirror their outstanding counts into the shard's
+    /// endpoint cells.
+    pub fn reporting(counters: Rc<Counters>) -> Self {
+        Self {
+            cells: Some(Cells {
+                counters,
+                free: RefCell::default(),
+                next: std::cell::Cell::new(0),
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Mirrors an upstream's count into its cell.
+    fn report(&self, upstream: &Upstream) {
+        if let Some(cell) = self.cells.as_ref().and_then(|c| c.cell(upstream.cell)) {
+            cell.set(upstream.outstanding as u64);
+        }
+    }
+
+    fn free_cell(&self, upstream: &Upstream) {
+        if let Some(cells) = &self.cells {
+            cells.free(upstream.cell);
+        }
+    }
+
     /// Least outstanding requests on this shard; ties go round-robin (the
     /// scan starts one endpoint further each call). One pass, one lookup
     /// per endpoint.
@@ -87,8 +152,10 @@ impl Upstreams {
                     .boxed_local()
                     .shared(),
                 outstanding: 0,
+                cell: self.cells.as_ref().and_then(|c| c.take(key)),
             });
             upstream.outstanding += 1;
+            self.report(upstream);
             upstream.connection.clone()
         };
         let outstanding = Outstanding {
@@ -119,11 +186,14 @@ impl Upstreams {
     fn release(&self, key: Key) {
         if let Some(u) = self.map.borrow_mut().get_mut(&key) {
             u.outstanding = u.outstanding.saturating_sub(1);
+            self.report(u);
         }
     }
 
     fn forget(&self, key: Key) {
-        self.map.borrow_mut().remove(&key);
+        if let Some(u) = self.map.borrow_mut().remove(&key) {
+            self.free_cell(&u);
+        }
     }
 
     /// Drops the connections to endpoints that left the snapshot (calls in
@@ -134,7 +204,13 @@ impl Upstreams {
         }
         self.generation.set(snapshot.generation());
         let live: HashSet<Key> = snapshot.endpoints().map(key).collect();
-        self.map.borrow_mut().retain(|k, _| live.contains(k));
+        self.map.borrow_mut().retain(|k, u| {
+            let keep = live.contains(k);
+            if !keep {
+                self.free_cell(u);
+            }
+            keep
+        });
     }
 }
 
@@ -271,5 +347,30 @@ mod tests {
         assert_eq!(ordinals(&upstreams, &endpoints, 2), [0, 0]);
         drop(held);
         assert_eq!(load(1), 0);
+    }
+
+    #[test]
+    fn outstanding_counts_reach_the_shards_endpoint_cells() {
+        let counters = crate::shard::pipe::test_counters();
+        let upstreams = Upstreams::reporting(Rc::clone(&counters));
+        let endpoints = endpoints(2);
+        let seen = || counters.get().outstanding();
+        let a = upstreams.checkout(&endpoints[0]).0;
+        let b = upstreams.checkout(&endpoints[0]).0;
+        let c = upstreams.checkout(&endpoints[1]).0;
+        assert_eq!(seen().get(&(0, 1)), Some(&2));
+        assert_eq!(seen().get(&(1, 1)), Some(&1));
+        drop((a, c));
+        assert_eq!(seen().get(&(0, 1)), Some(&1));
+        assert_eq!(seen().get(&(1, 1)), Some(&0));
+        // An upstream forgotten (its connection failed) frees its cell, and
+        // the cell serves the next endpoint.
+        upstreams.forget(key(&endpoints[1]));
+        assert_eq!(seen().get(&(1, 1)), None);
+        drop(b);
+        let d = upstreams.checkout(&endpoints[1]).0;
+        assert_eq!(seen().get(&(1, 1)), Some(&1));
+        assert_eq!(seen().len(), 2);
+        drop(d);
     }
 }

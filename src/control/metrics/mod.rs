@@ -3,7 +3,8 @@
 //! One HTTP/1.1 listener on the control thread (`--metrics-listen`, on
 //! loopback by default) serves
 //! - `/metrics`: the Prometheus text format (0.0.4), from the `prometheus`
-//!   crate: the control plane's own series (CRI calls, pods by state,
+//!   crate, or OpenMetrics 1.0.0 when the scraper's `Accept` asks for it
+//!   (`openmetrics.rs`; Prometheus does): the control plane's own series (CRI calls, pods by state,
 //!   container events, image pulls, state commits), the data plane's
 //!   per-shard blocks read at scrape time (`dataplane.rs`), and the
 //!   process collector (RSS, CPU, open fds);
@@ -17,6 +18,7 @@
 
 mod cri;
 mod dataplane;
+mod openmetrics;
 mod pool;
 
 pub use cri::Layer as CriLayer;
@@ -157,12 +159,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    fn render(&self, runtime: &Runtime) -> String {
+    /// The exposition, in OpenMetrics text or else the Prometheus text
+    /// format.
+    fn render(&self, runtime: &Runtime, openmetrics: bool) -> String {
         for (state, count) in runtime.pods_by_state() {
             self.pods.with_label_values(&[state]).set(count as i64);
         }
+        let families = self.registry.gather();
+        if openmetrics {
+            return openmetrics::encode(&families);
+        }
         let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = prometheus::TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -234,10 +242,21 @@ fn answer<B>(req: &Request<B>, metrics: &Metrics, runtime: &Runtime) -> Response
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut response = text(StatusCode::OK, metrics.render(runtime));
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(openmetrics::wanted);
+            let mut response = text(StatusCode::OK, metrics.render(runtime, openmetrics));
+            let kind = if openmetrics {
+                openmetrics::CONTENT_TYPE
+            } else {
+                prometheus::TEXT_FORMAT
+            };
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(prometheus::TEXT_FORMAT),
+                hyper::header::HeaderValue::from_static(kind),
             );
             response
         }

@@ -1,6 +1,8 @@
 //! `/debug/pool`: the routing snapshot the shards read, as JSON — domains →
 //! services → versions → endpoints, with each version's calls in flight
-//! per shard, the generation, and when it was published.
+//! per shard and each endpoint's outstanding calls per shard (what the
+//! shard's least-outstanding balancer counts, read from the shards' endpoint
+//! cells), the generation, and when it was published.
 
 use serde_json::{json, Map, Value};
 
@@ -9,6 +11,10 @@ use super::Runtime;
 pub fn json(runtime: &Runtime) -> String {
     let (snapshot, published_at) = runtime.publisher().current();
     let node = runtime.config.data_plane_metrics.as_deref();
+    // Each shard's outstanding calls by endpoint (ordinal, incarnation).
+    let outstanding: Vec<_> = node.map_or_else(Vec::new, |n| {
+        n.shards.iter().map(|s| s.outstanding()).collect()
+    });
     let mut domains: Map<String, Value> = Map::new();
     for (domain, service, version) in snapshot.versions() {
         let in_flight: Vec<u64> = node.map_or_else(Vec::new, |n| {
@@ -21,10 +27,16 @@ pub fn json(runtime: &Runtime) -> String {
             .endpoints
             .iter()
             .map(|e| {
+                let key = (e.id.ordinal(), e.incarnation);
+                let per_shard: Vec<u64> = outstanding
+                    .iter()
+                    .map(|shard| shard.get(&key).copied().unwrap_or(0))
+                    .collect();
                 json!({
                     "container": e.id.to_string(),
                     "socket": e.socket.display().to_string(),
                     "incarnation": e.incarnation,
+                    "outstanding_per_shard": per_shard,
                 })
             })
             .collect();
