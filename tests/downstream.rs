@@ -988,8 +988,14 @@ async fn stats_streams_metrics_and_image_filesystems_cover_both_sides() {
         pod_sandbox_id: pod.to_owned(),
         ..Default::default()
     };
-    assert_eq!(container_stats(Some(in_pod(&bb))).await, [bb_ctr.clone()]);
-    assert_eq!(container_stats(Some(in_pod(&comp))).await, [comp.clone()]);
+    assert_eq!(
+        container_stats(Some(in_pod(&bb))).await,
+        std::slice::from_ref(&bb_ctr)
+    );
+    assert_eq!(
+        container_stats(Some(in_pod(&comp))).await,
+        std::slice::from_ref(&comp)
+    );
     let pod_stats = node
         .runtime
         .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
@@ -1177,7 +1183,7 @@ async fn stats_streams_metrics_and_image_filesystems_cover_both_sides() {
         .into_inner()
         .image_filesystems;
     let mount = |f: &cri::FilesystemUsage| f.fs_id.clone().unwrap_or_default().mountpoint;
-    let used = |f: &cri::FilesystemUsage| f.used_bytes.clone().unwrap_or_default().value;
+    let used = |f: &cri::FilesystemUsage| f.used_bytes.unwrap_or_default().value;
     let first = &merged[0];
     assert!(
         mount(first).starts_with(&node.state_dir().display().to_string()),
@@ -1205,9 +1211,7 @@ async fn stats_streams_metrics_and_image_filesystems_cover_both_sides() {
         }
     }
 
-    for (pod, ctr) in [(&bb, &bb_ctr)] {
-        let _ = crictl(&socket, &["stop", "--timeout", "2", ctr]);
-        let _ = crictl(&socket, &["rmp", "-f", pod]);
-    }
+    let _ = crictl(&socket, &["stop", "--timeout", "2", &bb_ctr]);
+    let _ = crictl(&socket, &["rmp", "-f", &bb]);
     node.remove_running_pod(&comp).await;
 }
