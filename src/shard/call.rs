@@ -5,7 +5,8 @@
 //! A call sees only its [`CallContext`]: its end of the stream, the shard's
 //! routing reader and upstream pool, a waker for its connection, and the
 //! shard's counters. It never sends and never touches the connection or
-//! the shard.
+//! the shard, so the one call path serves both transports: HTTP/3 (conn.rs)
+//! and HTTP/2 over TCP (tcp/) feed the same [`CallStream`].
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -69,6 +70,16 @@ impl Observed {
         {
             self.status.set(Some(code));
         }
+    }
+}
+
+/// Runs one call and counts an answer of the data plane's own in the
+/// shard's counters: what either transport spawns per request.
+pub async fn serve(ctx: CallContext, headers: Vec<Header>, shard: usize) {
+    let counters = Rc::clone(&ctx.counters);
+    if let Some(error) = run(ctx, headers).await.filter(CallError::counts) {
+        counters.get().answered.inc();
+        tracing::debug!(shard, %error, "call answered by the data plane");
     }
 }
 

@@ -21,7 +21,6 @@ use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
 use super::counters::Counters;
 use super::flush::{ConnWaker, FlushQueue, Wire};
-use super::respond::CallError;
 use super::udp::{self, RecvBatch, SendBatch};
 use super::upstream::Upstreams;
 use super::Settings;
@@ -243,15 +242,7 @@ impl Shard {
             counters: Rc::clone(&self.counters),
             observed: call::Observed::default(),
         };
-        let counters = Rc::clone(&self.counters);
-        let shard = self.index;
-        glommio::spawn_local(async move {
-            if let Some(error) = call::run(ctx, call.headers).await.filter(CallError::counts) {
-                counters.get().answered.inc();
-                tracing::debug!(shard, %error, "call answered by the data plane");
-            }
-        })
-        .detach();
+        glommio::spawn_local(call::serve(ctx, call.headers, self.index)).detach();
     }
 
     /// Fires the connection's QUIC timers; forgets it once closed.
