@@ -46,6 +46,31 @@ pub struct CallContext {
     pub observed: Observed,
 }
 
+/// What every call of a shard shares, whatever its transport: the routing
+/// reader, the upstream pool, the counters, the size limit.
+#[derive(Clone)]
+pub struct Shared {
+    pub routes: Rc<RefCell<Reader>>,
+    pub upstreams: Rc<Upstreams>,
+    pub counters: Rc<Counters>,
+    pub max_message_size: usize,
+}
+
+impl Shared {
+    /// The context of one call on `stream`, woken through `waker`.
+    pub fn context(&self, stream: CallStream, waker: ConnWaker) -> CallContext {
+        CallContext {
+            stream,
+            routes: Rc::clone(&self.routes),
+            upstreams: Rc::clone(&self.upstreams),
+            waker,
+            max_message_size: self.max_message_size,
+            counters: Rc::clone(&self.counters),
+            observed: Observed::default(),
+        }
+    }
+}
+
 /// What a call learns on its way that its counters need: the component
 /// slot once routed, the component's gRPC status once seen.
 #[derive(Default)]

@@ -128,6 +128,17 @@ impl Shard {
         }
     }
 
+    /// What the shard's calls over HTTP/2 (tcp/) share with its QUIC
+    /// calls: the same routing reader, upstream pool and counters.
+    pub fn call_shared(&self) -> call::Shared {
+        call::Shared {
+            routes: Rc::clone(&self.routes),
+            upstreams: Rc::clone(&self.upstreams),
+            counters: Rc::clone(&self.counters),
+            max_message_size: self.settings.max_message_size,
+        }
+    }
+
     /// This shard's counters (for its shutdown log).
     pub fn counters(&self) -> &ShardMetrics {
         self.counters.get()

@@ -67,7 +67,6 @@ impl ConnWaker {
     }
 
     /// Wakes the task that moves a stream's output to its transport.
-    #[allow(dead_code)] // until tcp/ lands
     pub fn signal(signal: &Rc<Signal>) -> Self {
         Self(Target::Task(Rc::clone(signal)))
     }

@@ -188,7 +188,6 @@ impl ConnStream {
     /// Takes queued response body as one owned piece of at most `max`
     /// bytes (for a transport that takes `Bytes`: HTTP/2), then wakes a
     /// call waiting for room. `None` when nothing waits or `max` is 0.
-    #[allow(dead_code)] // until tcp/ lands
     pub fn take_body(&self, max: usize) -> Option<Bytes> {
         let mut guard = self.0.borrow_mut();
         let s = &mut *guard;
@@ -204,7 +203,6 @@ impl ConnStream {
     }
 
     /// Bytes of response body waiting.
-    #[allow(dead_code)] // until tcp/ lands
     pub fn body_len(&self) -> usize {
         self.0.borrow().outbox_bytes
     }
