@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::matrix::{self, unary_call, UNARY, V1, V2};
-use common::peers::{curl_h2, peer, Transport};
-use common::*;
+use common::matrix;
+use common::peers::Transport;
 
 #[tokio::test]
 async fn all_four_call_kinds_through_grpcio() {

@@ -28,7 +28,7 @@ pub fn unary_call(message: &str) -> serde_json::Value {
 }
 
 pub async fn all_four_call_kinds(t: Transport) {
-    let mut node = Node::start().await;
+    let mut node = super::peers::start_for(t, &[]).await;
     let pod = node.running_pod("a", V1).await;
     let stream_req = hex_of(&pb::StreamRequest {
         message: "s".into(),
@@ -93,7 +93,7 @@ pub async fn all_four_call_kinds(t: Transport) {
 
 
 pub async fn every_error_is_a_grpc_status(t: Transport) {
-    let mut node = Node::start_with(&["--max-message-size", "1024"]).await;
+    let mut node = super::peers::start_for(t, &["--max-message-size", "1024"]).await;
     node.running_pod("a", V1).await;
     let idle = node
         .run_pod("idle", ("example.org", SERVICE, "1.0.0"))
@@ -190,7 +190,7 @@ pub async fn every_error_is_a_grpc_status(t: Transport) {
 
 
 pub async fn deadlines_and_cancellation_reach_the_component(t: Transport) {
-    let mut node = Node::start().await;
+    let mut node = super::peers::start_for(t, &[]).await;
     let pod = node.running_pod("a", V1).await;
     let slow = hex_of(&pb::EchoRequest {
         sleep_ms: 10_000,
@@ -232,7 +232,7 @@ pub async fn deadlines_and_cancellation_reach_the_component(t: Transport) {
 
 
 pub async fn versions_route_by_header_or_newest(t: Transport) {
-    let mut node = Node::start().await;
+    let mut node = super::peers::start_for(t, &[]).await;
     let old = node.running_pod("old", V1).await;
     let new = node.running_pod("new", V2).await;
     let calls = json!([
@@ -256,7 +256,7 @@ pub async fn versions_route_by_header_or_newest(t: Transport) {
 
 
 pub async fn calls_are_balanced_over_the_containers_of_a_component(t: Transport) {
-    let mut node = Node::start().await;
+    let mut node = super::peers::start_for(t, &[]).await;
     let mut pods = Vec::new();
     for name in ["a", "b", "c"] {
         pods.push(node.running_pod(name, V1).await);
@@ -284,7 +284,7 @@ pub async fn calls_are_balanced_over_the_containers_of_a_component(t: Transport)
 
 
 pub async fn a_component_crashing_mid_stream_fails_only_its_calls(t: Transport) {
-    let mut node = Node::start().await;
+    let mut node = super::peers::start_for(t, &[]).await;
     let doomed = node.running_pod("doomed", V1).await;
     let other = node
         .running_pod("other", ("example.org", SERVICE, "1.0.0"))

@@ -26,9 +26,65 @@ impl Transport {
     }
 }
 
-/// The node's TLS certificate (self-signed for `localhost` unless given).
+/// Names the test certificate is for: every authority the cases call.
+pub const CERT_NAMES: [&str; 5] = [
+    "localhost",
+    "example.com",
+    "example.org",
+    "nowhere.net",
+    "nope.example",
+];
+
+/// A certificate and key (PEM files) for [`CERT_NAMES`], made once per
+/// test process. grpcio checks each call's :authority against the
+/// certificate, so a node that HTTP/2 tests call serves this one
+/// (`--tls-cert`, `--tls-key`: see [`tls_args`]).
+pub fn test_cert() -> &'static (std::path::PathBuf, std::path::PathBuf) {
+    static CERT: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vimana-test-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let names: Vec<String> = CERT_NAMES.iter().map(|n| n.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    })
+}
+
+/// `serve` flags for the test certificate.
+pub fn tls_args() -> Vec<String> {
+    let (cert, key) = test_cert();
+    vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
+}
+
+/// Starts a node for `transport` with `extra` flags (HTTP/2: with the
+/// test certificate).
+pub async fn start_for(transport: Transport, extra: &[&str]) -> Node {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if transport == Transport::H2 {
+        args.extend(tls_args());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start_with(&args).await
+}
+
+/// The certificate the node serves: the test one if it was given it,
+/// else its self-signed one.
 pub fn node_cert(node: &Node) -> std::path::PathBuf {
-    node.state_dir().join("tls/cert.pem")
+    let own = node.state_dir().join("tls/cert.pem");
+    if own.exists() {
+        own
+    } else {
+        test_cert().0.clone()
+    }
 }
 
 /// Runs `calls` (one connection per authority) over `transport`; returns
@@ -49,7 +105,6 @@ pub fn peer(
     });
     if transport == Transport::H2 {
         spec["ca_cert"] = node_cert(node).display().to_string().into();
-        spec["server_name"] = "localhost".into();
     }
     run_script(transport.script(), &spec)["calls"]
         .as_array()

@@ -115,7 +115,9 @@ def channel_for(spec, authority, cache):
     else:
         with open(spec["ca_cert"], "rb") as f:
             roots = f.read()
-        options.append(("grpc.ssl_target_name_override", spec.get("server_name") or "localhost"))
+        # The certificate must name the call's authority (grpcio checks it).
+        name = spec.get("server_name") or authority.rsplit(":", 1)[0].strip("[]")
+        options.append(("grpc.ssl_target_name_override", name))
         credentials = grpc.ssl_channel_credentials(root_certificates=roots)
         channel = grpc.secure_channel(spec["connect"], credentials, options=options)
     cache[authority] = channel

@@ -161,9 +161,9 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
-        // Registered first: a wake-up from the call during this poll is
-        // kept for the next one.
-        let _ = self.signal.poll_wait(cx);
+        // Consumed, then registered: a wake-up from the call during this
+        // poll is kept for the next one.
+        while self.signal.poll_wait(cx).is_ready() {}
         self.pull_body(cx);
         self.watch_reset(cx);
         if self.ended.is_none() {
