@@ -264,7 +264,13 @@ impl Driver<'_> {
                 break;
             }
             send.reserve_capacity(waiting);
-            match send.poll_capacity(cx) {
+            // poll_capacity reports only increases: capacity left over from
+            // an earlier grant is taken as it is.
+            let granted = match send.capacity() {
+                0 => send.poll_capacity(cx),
+                n => Poll::Ready(Some(Ok(n))),
+            };
+            match granted {
                 Poll::Ready(Some(Ok(0))) | Poll::Pending => break,
                 Poll::Ready(Some(Ok(n))) => {
                     let Some(piece) = self.io.take_body(n) else { break };
