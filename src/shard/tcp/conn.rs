@@ -202,7 +202,9 @@ where
             Event::Idle => {
                 counters.get().tcp_idle_closed.inc();
                 tracing::debug!(shard, "HTTP/2 connection idle: GOAWAY");
-                conn.graceful_shutdown();
+                // No stream is open: GOAWAY and close now (a graceful
+                // shutdown would wait for the client's PING answer).
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                 closing = Some(Instant::now());
             }
             Event::Stream(None) => break,
