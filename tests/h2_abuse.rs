@@ -43,7 +43,13 @@ async fn rapid_reset_ends_the_connection_and_reaches_no_component() {
         .sum();
     assert_eq!(refused, 1.0, "the node counted the abuse:\n{metrics}");
     // The node serves the next client.
-    let r = &peer(Transport::H2, &node, "example.com", json!([unary_call("after")]), false)[0];
+    let r = &peer(
+        Transport::H2,
+        &node,
+        "example.com",
+        json!([unary_call("after")]),
+        false,
+    )[0];
     assert_eq!(replies(r)[0].message, "after", "{r}");
 }
 
@@ -58,12 +64,18 @@ async fn oversized_headers_refuse_that_request_and_keep_the_connection() {
         unary_call("fine"),
     ]);
     let r = peer(Transport::H2, &node, "example.com", calls, false);
-    assert_ne!(r[0]["grpc_status"], 0, "a 32 KiB header list is refused: {}", r[0]);
+    assert_ne!(
+        r[0]["grpc_status"], 0,
+        "a 32 KiB header list is refused: {}",
+        r[0]
+    );
     assert_eq!(replies(&r[1])[0].message, "fine", "{}", r[1]);
     let metrics = http_get(node.metrics_addr(), "/metrics");
     let accepted = metrics
         .lines()
-        .filter(|l| l.starts_with("vimanad_tcp_connections_total") && l.contains("event=\"accepted\""))
+        .filter(|l| {
+            l.starts_with("vimanad_tcp_connections_total") && l.contains("event=\"accepted\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>();
     assert_eq!(accepted, 1.0, "both calls on one connection:\n{metrics}");
@@ -90,19 +102,31 @@ async fn idle_and_silent_connections_are_closed() {
         assert_eq!(r["error"], serde_json::Value::Null, "{r}");
         assert_eq!(r["goaway_code"], 0, "GOAWAY NO_ERROR: {r}");
         let after = r["closed_after_s"].as_f64().unwrap();
-        assert!((0.9..6.0).contains(&after), "closed by the idle timeout: {r}");
+        assert!(
+            (0.9..6.0).contains(&after),
+            "closed by the idle timeout: {r}"
+        );
     }
     assert_eq!(silent["error"], serde_json::Value::Null, "{silent}");
     let after = silent["closed_after_s"].as_f64().unwrap();
-    assert!((0.9..6.0).contains(&after), "closed by the handshake timeout: {silent}");
+    assert!(
+        (0.9..6.0).contains(&after),
+        "closed by the handshake timeout: {silent}"
+    );
 }
 
 /// A plain HTTP/1.1 GET; the body.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
 }

@@ -162,7 +162,10 @@ pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> 
     Ok(shards)
 }
 
-type Setup = (std::rc::Rc<endpoint::Shard>, Option<std::rc::Rc<tcp::Server>>);
+type Setup = (
+    std::rc::Rc<endpoint::Shard>,
+    Option<std::rc::Rc<tcp::Server>>,
+);
 
 fn setup(index: usize, config: &Config, reader: crate::pool::Reader) -> std::io::Result<Setup> {
     let socket = glommio::net::UdpSocket::bind(config.listen)

@@ -52,6 +52,11 @@ impl Pipe {
                 max_streams_per_conn: quic_streams,
                 max_message_size: 4 << 20,
             },
+            tcp: super::TcpConfig {
+                listen: None,
+                listen_h2c: None,
+                handshake_timeout: Duration::from_secs(10),
+            },
         };
         let mut server_config = super::quic_config(&config).expect("server QUIC configuration");
         let mut client_config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();

@@ -91,7 +91,6 @@ pub async fn all_four_call_kinds(t: Transport) {
     );
 }
 
-
 pub async fn every_error_is_a_grpc_status(t: Transport) {
     let mut node = super::peers::start_for(t, &["--max-message-size", "1024"]).await;
     node.running_pod("a", V1).await;
@@ -188,7 +187,6 @@ pub async fn every_error_is_a_grpc_status(t: Transport) {
     assert_eq!(replies(r)[0].message, "still here");
 }
 
-
 pub async fn deadlines_and_cancellation_reach_the_component(t: Transport) {
     let mut node = super::peers::start_for(t, &[]).await;
     let pod = node.running_pod("a", V1).await;
@@ -230,7 +228,6 @@ pub async fn deadlines_and_cancellation_reach_the_component(t: Transport) {
     }
 }
 
-
 pub async fn versions_route_by_header_or_newest(t: Transport) {
     let mut node = super::peers::start_for(t, &[]).await;
     let old = node.running_pod("old", V1).await;
@@ -253,7 +250,6 @@ pub async fn versions_route_by_header_or_newest(t: Transport) {
     let r = peer(t, &node, "example.com", json!([unary_call("after")]), false);
     assert_eq!(replies(&r[0])[0].served_by, old);
 }
-
 
 pub async fn calls_are_balanced_over_the_containers_of_a_component(t: Transport) {
     let mut node = super::peers::start_for(t, &[]).await;
@@ -281,7 +277,6 @@ pub async fn calls_are_balanced_over_the_containers_of_a_component(t: Transport)
         );
     }
 }
-
 
 pub async fn a_component_crashing_mid_stream_fails_only_its_calls(t: Transport) {
     let mut node = super::peers::start_for(t, &[]).await;
@@ -321,4 +316,3 @@ pub async fn a_component_crashing_mid_stream_fails_only_its_calls(t: Transport) 
     let r = &peer(t, &node, "example.org", json!([unary_call("fine")]), false)[0];
     assert_eq!(replies(r)[0].served_by, other);
 }
-

@@ -132,7 +132,11 @@ pub fn run_script(script: &str, spec: &serde_json::Value) -> serde_json::Value {
     let out = child.wait_with_output().unwrap();
     let result: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{} prints JSON ({e})", script.display()));
-    assert!(out.status.success(), "{} failed: {result}", script.display());
+    assert!(
+        out.status.success(),
+        "{} failed: {result}",
+        script.display()
+    );
     result
 }
 

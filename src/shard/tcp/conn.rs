@@ -174,7 +174,9 @@ where
         }
         let wait = match (closing, idle_since) {
             (Some(since), _) => Some(CLOSE_GRACE.saturating_sub(since.elapsed())),
-            (None, Some(since)) => Some(server.settings.idle_timeout.saturating_sub(since.elapsed())),
+            (None, Some(since)) => {
+                Some(server.settings.idle_timeout.saturating_sub(since.elapsed()))
+            }
             (None, None) => None,
         };
         let event = {

@@ -72,9 +72,8 @@ impl Server {
         let mut listeners = Vec::new();
         for (addr, tls) in [(settings.listen, true), (settings.listen_h2c, false)] {
             let Some(addr) = addr else { continue };
-            let listener = TcpListener::bind(addr).map_err(|e| {
-                std::io::Error::other(format!("bind TCP {addr}: {e}"))
-            })?;
+            let listener = TcpListener::bind(addr)
+                .map_err(|e| std::io::Error::other(format!("bind TCP {addr}: {e}")))?;
             tracing::info!(shard, listen = %addr, tls, "shard serving HTTP/2 over TCP");
             listeners.push((listener, tls));
         }

@@ -273,7 +273,9 @@ impl Driver<'_> {
             match granted {
                 Poll::Ready(Some(Ok(0))) | Poll::Pending => break,
                 Poll::Ready(Some(Ok(n))) => {
-                    let Some(piece) = self.io.take_body(n) else { break };
+                    let Some(piece) = self.io.take_body(n) else {
+                        break;
+                    };
                     if send.send_data(piece, false).is_err() {
                         return self.abort();
                     }

@@ -29,7 +29,8 @@ pub fn server_config(files: &TlsFiles) -> io::Result<Arc<rustls::ServerConfig>> 
     if certs.is_empty() {
         return Err(bad("TLS certificate", &files.cert, &"no certificate in it"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("TLS key", &files.key, &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("TLS key", &files.key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
