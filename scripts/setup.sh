@@ -19,6 +19,7 @@ packages=(
     runc              #   (tests/sandbox_runc.rs); containerd's OCI runtime
     iproute2          # `ip`, in the downstream tests' loopback-only CNI
     prometheus        # a real scraper of /metrics (and promtool) in the tests
+    curl              # an HTTP/2 client for the non-gRPC cases over TCP (tests/h2_data_plane.rs)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -56,7 +57,8 @@ if ! python3 -c 'import websockets' 2>/dev/null; then
         python3 -m pip install --quiet --break-system-packages websockets
 fi
 # grpcio: a CRI client nobody here wrote (tests/cri_clients.rs), sending
-# its own default :authority on unix sockets.
+# its own default :authority on unix sockets; and the HTTP/2 + TLS data-plane
+# client (tests/peers/grpcio_grpc.py).
 if ! python3 -c 'import grpc' 2>/dev/null; then
     python3 -m pip install --quiet grpcio ||
         python3 -m pip install --quiet --break-system-packages grpcio

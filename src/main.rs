@@ -103,6 +103,17 @@ struct ServeArgs {
     /// Data plane: UDP address for gRPC over HTTP/3.
     #[arg(long, env = "VIMANAD_LISTEN", default_value = "[::]:443")]
     listen: std::net::SocketAddr,
+    /// Data plane: TCP address for gRPC over HTTP/2 + TLS (ALPN h2, same
+    /// certificate as QUIC), or `off`. Default: the --listen address.
+    #[arg(long, env = "VIMANAD_LISTEN_TCP", value_parser = cli::parse_listen_or_off)]
+    listen_tcp: Option<cli::ListenOrOff>,
+    /// Data plane: TCP address for cleartext HTTP/2 (h2c) for node-local
+    /// clients, or `off`.
+    #[arg(long, default_value = "off", value_parser = cli::parse_listen_or_off)]
+    listen_h2c: cli::ListenOrOff,
+    /// HTTP/2 over TCP: the TLS and HTTP/2 handshakes must finish within this.
+    #[arg(long, default_value = "10s", value_parser = cli::parse_duration)]
+    tcp_handshake_timeout: Duration,
     /// Data-plane shards, one per core (default: every core this process may use).
     #[arg(long)]
     shards: Option<usize>,
@@ -116,7 +127,7 @@ struct ServeArgs {
     /// Largest gRPC request message accepted, in bytes.
     #[arg(long, default_value = "4194304")]
     max_message_size: usize,
-    /// QUIC connections per shard.
+    /// QUIC connections per shard (and, counted apart, TCP connections).
     #[arg(long, default_value = "10000")]
     max_connections: usize,
     /// Connections per shard above which new clients must pass a Retry.
@@ -144,10 +155,11 @@ struct ServeArgs {
     /// Stateless resets sent per second and shard, at most (0 = none).
     #[arg(long, default_value = "1000")]
     stateless_resets_per_second: u32,
-    /// Concurrent streams per QUIC connection.
+    /// Concurrent streams per QUIC (and HTTP/2) connection.
     #[arg(long, default_value = "256")]
     max_streams: usize,
-    /// Idle timeout of QUIC connections.
+    /// Idle timeout of QUIC connections (and of HTTP/2 connections without
+    /// streams).
     #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
     idle_timeout: Duration,
     /// On SIGTERM, how long in-flight calls may take to finish.
@@ -448,6 +460,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stateless_resets_per_second: args.stateless_resets_per_second,
             max_streams_per_conn: args.max_streams,
             max_message_size: args.max_message_size,
+        },
+        tcp: shard::TcpConfig {
+            listen: args.listen_tcp.map_or(Some(args.listen), |l| l.0),
+            listen_h2c: args.listen_h2c.0,
+            handshake_timeout: args.tcp_handshake_timeout,
         },
     };
     let shards = shard::start(&data_plane, &publisher).context("start the data plane")?;

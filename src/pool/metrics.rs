@@ -287,6 +287,24 @@ pub struct ShardMetrics {
     pub streams_refused: Counter,
     /// Calls the data plane answered itself (client cancellations aside).
     pub answered: Counter,
+    /// HTTP/2 over TCP (TLS or h2c): connections open now.
+    pub tcp_connections_open: Gauge,
+    /// TCP connections accepted.
+    pub tcp_accepted: Counter,
+    /// TCP connections closed at once for the per-shard limit.
+    pub tcp_refused: Counter,
+    /// TLS + HTTP/2 handshakes that completed.
+    pub tcp_handshakes_done: Counter,
+    /// Handshakes that failed or timed out.
+    pub tcp_handshakes_failed: Counter,
+    /// HTTP/2 connections closed by their idle timeout.
+    pub tcp_idle_closed: Counter,
+    /// HTTP/2 connections ended with GOAWAY for abuse (reset floods,
+    /// protocol errors).
+    pub h2_goaway_abuse: Counter,
+    /// HTTP/2 streams the client reset before their call started (never
+    /// reached a component).
+    pub h2_reset_before_call: Counter,
     components: Box<[ComponentMetrics]>,
     endpoints: Box<[EndpointCell]>,
 }
@@ -307,6 +325,14 @@ impl Default for ShardMetrics {
             stateless_resets_sent: Counter::default(),
             streams_refused: Counter::default(),
             answered: Counter::default(),
+            tcp_connections_open: Gauge::default(),
+            tcp_accepted: Counter::default(),
+            tcp_refused: Counter::default(),
+            tcp_handshakes_done: Counter::default(),
+            tcp_handshakes_failed: Counter::default(),
+            tcp_idle_closed: Counter::default(),
+            h2_goaway_abuse: Counter::default(),
+            h2_reset_before_call: Counter::default(),
             components: (0..MAX_COMPONENT_SLOTS)
                 .map(|_| ComponentMetrics::default())
                 .collect(),

@@ -5,7 +5,8 @@
 //! A call sees only its [`CallContext`]: its end of the stream, the shard's
 //! routing reader and upstream pool, a waker for its connection, and the
 //! shard's counters. It never sends and never touches the connection or
-//! the shard.
+//! the shard, so the one call path serves both transports: HTTP/3 (conn.rs)
+//! and HTTP/2 over TCP (tcp/) feed the same [`CallStream`].
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -45,6 +46,31 @@ pub struct CallContext {
     pub observed: Observed,
 }
 
+/// What every call of a shard shares, whatever its transport: the routing
+/// reader, the upstream pool, the counters, the size limit.
+#[derive(Clone)]
+pub struct Shared {
+    pub routes: Rc<RefCell<Reader>>,
+    pub upstreams: Rc<Upstreams>,
+    pub counters: Rc<Counters>,
+    pub max_message_size: usize,
+}
+
+impl Shared {
+    /// The context of one call on `stream`, woken through `waker`.
+    pub fn context(&self, stream: CallStream, waker: ConnWaker) -> CallContext {
+        CallContext {
+            stream,
+            routes: Rc::clone(&self.routes),
+            upstreams: Rc::clone(&self.upstreams),
+            waker,
+            max_message_size: self.max_message_size,
+            counters: Rc::clone(&self.counters),
+            observed: Observed::default(),
+        }
+    }
+}
+
 /// What a call learns on its way that its counters need: the component
 /// slot once routed, the component's gRPC status once seen.
 #[derive(Default)]
@@ -69,6 +95,16 @@ impl Observed {
         {
             self.status.set(Some(code));
         }
+    }
+}
+
+/// Runs one call and counts an answer of the data plane's own in the
+/// shard's counters: what either transport spawns per request.
+pub async fn serve(ctx: CallContext, headers: Vec<Header>, shard: usize) {
+    let counters = Rc::clone(&ctx.counters);
+    if let Some(error) = run(ctx, headers).await.filter(CallError::counts) {
+        counters.get().answered.inc();
+        tracing::debug!(shard, %error, "call answered by the data plane");
     }
 }
 

@@ -27,7 +27,6 @@ use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
 use super::counters::Counters;
 use super::flush::{ConnWaker, FlushQueue, Wire};
-use super::respond::CallError;
 use super::udp::{self, RecvBatch, SendBatch};
 use super::upstream::Upstreams;
 use super::Settings;
@@ -140,6 +139,17 @@ impl Shard {
             // already waiting (glommio's receive returns at once when they
             // are, without yielding).
             glommio::executor().yield_now().await;
+        }
+    }
+
+    /// What the shard's calls over HTTP/2 (tcp/) share with its QUIC
+    /// calls: the same routing reader, upstream pool and counters.
+    pub fn call_shared(&self) -> call::Shared {
+        call::Shared {
+            routes: Rc::clone(&self.routes),
+            upstreams: Rc::clone(&self.upstreams),
+            counters: Rc::clone(&self.counters),
+            max_message_size: self.settings.max_message_size,
         }
     }
 
@@ -314,15 +324,7 @@ impl Shard {
             counters: Rc::clone(&self.counters),
             observed: call::Observed::default(),
         };
-        let counters = Rc::clone(&self.counters);
-        let shard = self.index;
-        glommio::spawn_local(async move {
-            if let Some(error) = call::run(ctx, call.headers).await.filter(CallError::counts) {
-                counters.get().answered.inc();
-                tracing::debug!(shard, %error, "call answered by the data plane");
-            }
-        })
-        .detach();
+        glommio::spawn_local(call::serve(ctx, call.headers, self.index)).detach();
     }
 
     /// Fires the connection's QUIC timers and, until its handshake

@@ -42,23 +42,40 @@ impl FlushQueue {
     }
 }
 
-/// A call's only handle on its connection: ask for it to be flushed.
+/// A call's only handle on its connection: ask for it to be flushed. The
+/// transport seam on the wake side: a QUIC connection is put on the
+/// shard's flush queue; an HTTP/2 stream's driver task (shard/tcp/) is
+/// signalled. The call cannot tell which.
 #[derive(Clone)]
-pub struct ConnWaker {
-    conn: Rc<Conn>,
-    queue: Rc<FlushQueue>,
+pub struct ConnWaker(Target);
+
+#[derive(Clone)]
+enum Target {
+    Quic {
+        conn: Rc<Conn>,
+        queue: Rc<FlushQueue>,
+    },
+    Task(Rc<Signal>),
 }
 
 impl ConnWaker {
     pub fn new(conn: &Rc<Conn>, queue: &Rc<FlushQueue>) -> Self {
-        Self {
+        Self(Target::Quic {
             conn: Rc::clone(conn),
             queue: Rc::clone(queue),
-        }
+        })
+    }
+
+    /// Wakes the task that moves a stream's output to its transport.
+    pub fn signal(signal: &Rc<Signal>) -> Self {
+        Self(Target::Task(Rc::clone(signal)))
     }
 
     pub fn wake(&self) {
-        self.queue.wake(&self.conn);
+        match &self.0 {
+            Target::Quic { conn, queue } => queue.wake(conn),
+            Target::Task(signal) => signal.notify(),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! The data plane: one glommio shard per core serving gRPC over HTTP/3.
+//! The data plane: one glommio shard per core serving gRPC over HTTP/3 and,
+//! beside it on the same port, HTTP/2 over TLS on TCP (tcp/).
 //!
-//! Owns UDP sockets, QUIC connections, HTTP/3 streams, gRPC routing and the
-//! core-local upstream HTTP/2 pools. It reads the pod pool only through the
+//! Owns UDP and TCP sockets, QUIC connections, HTTP/3 and HTTP/2 streams,
+//! gRPC routing and the core-local upstream HTTP/2 pools. It reads the pod pool only through the
 //! published routing snapshot (`crate::pool::Reader`) and never touches
 //! `control`. Nothing on the request path takes a lock or crosses cores.
 
@@ -25,6 +26,7 @@ mod respond;
 mod signal;
 mod sources;
 mod stream;
+pub mod tcp;
 pub mod tls;
 mod token;
 mod udp;
@@ -105,6 +107,20 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub settings: Settings,
+    /// HTTP/2 over TCP beside HTTP/3 (tcp/).
+    pub tcp: TcpConfig,
+}
+
+/// The TCP side's addresses and its one timeout of its own (the rest it
+/// shares with QUIC: idle timeout, connection and stream limits).
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// HTTP/2 over TLS (by default the UDP address); `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// Cleartext h2c; `None` (the default): off.
+    pub listen_h2c: Option<SocketAddr>,
+    /// TLS + HTTP/2 handshake timeout.
+    pub handshake_timeout: Duration,
 }
 
 /// The running shards.
@@ -138,7 +154,7 @@ pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> 
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("vimanad-shard-{index}"))
             .spawn(move || async move {
-                let shard = match setup(index, &config, reader) {
+                let (shard, tcp) = match setup(index, &config, reader) {
                     Ok(shard) => {
                         let _ = ready_tx.send(Ok(()));
                         shard
@@ -149,9 +165,16 @@ pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> 
                     }
                 };
                 let serving = glommio::spawn_local(std::rc::Rc::clone(&shard).run());
+                let accepting = tcp.as_ref().map(|tcp| tcp.run());
                 let _ = stop_rx.await;
-                shard.drain(config.drain_timeout).await;
+                let tcp_drain = async {
+                    if let Some(tcp) = &tcp {
+                        tcp.drain(config.drain_timeout).await;
+                    }
+                };
+                futures::future::join(shard.drain(config.drain_timeout), tcp_drain).await;
                 drop(serving);
+                drop(accepting);
                 let counters = shard.counters();
                 tracing::info!(
                     shard = index,
@@ -179,11 +202,12 @@ pub fn start(config: &Config, publisher: &Publisher) -> std::io::Result<Shards> 
     Ok(shards)
 }
 
-fn setup(
-    index: usize,
-    config: &Config,
-    reader: crate::pool::Reader,
-) -> std::io::Result<std::rc::Rc<endpoint::Shard>> {
+type Setup = (
+    std::rc::Rc<endpoint::Shard>,
+    Option<std::rc::Rc<tcp::Server>>,
+);
+
+fn setup(index: usize, config: &Config, reader: crate::pool::Reader) -> std::io::Result<Setup> {
     let socket = glommio::net::UdpSocket::bind(config.listen)
         .map_err(|e| std::io::Error::other(format!("bind UDP {}: {e}", config.listen)))?;
     let granted = udp::set_buffers(std::os::fd::AsRawFd::as_raw_fd(&socket), UDP_SOCKET_BUFFER);
@@ -215,7 +239,17 @@ fn setup(
         &secret,
     )?;
     tracing::info!(shard = index, listen = %config.listen, "shard serving HTTP/3");
-    Ok(shard)
+    let tcp_settings = tcp::TcpSettings {
+        listen: config.tcp.listen,
+        listen_h2c: config.tcp.listen_h2c,
+        h3_port: config.listen.port(),
+        max_connections: config.settings.max_connections,
+        max_streams: config.settings.max_streams_per_conn,
+        handshake_timeout: config.tcp.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    let tcp = tcp::Server::bind(index, tcp_settings, &config.tls, shard.call_shared())?;
+    Ok((shard, tcp))
 }
 
 fn quic_config(config: &Config) -> Result<quiche::Config, quiche::Error> {

@@ -53,6 +53,11 @@ impl Pipe {
                 max_message_size: 4 << 20,
                 ..super::Settings::default()
             },
+            tcp: super::TcpConfig {
+                listen: None,
+                listen_h2c: None,
+                handshake_timeout: Duration::from_secs(10),
+            },
         };
         let mut server_config = super::quic_config(&config).expect("server QUIC configuration");
         let mut client_config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();

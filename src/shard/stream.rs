@@ -1,16 +1,22 @@
-//! One HTTP/3 request stream between its connection and its call task: a
-//! bounded inbox of request body bytes filled by the connection, and a
-//! bounded outbox of response headers, body and trailers drained into QUIC
-//! by the connection.
+//! One request stream between its connection and its call task: a bounded
+//! inbox of request body bytes filled by the connection, and a bounded
+//! outbox of response headers, body and trailers drained by the connection.
+//!
+//! This is the transport seam: the call's end ([`CallStream`]) is the same
+//! whichever transport feeds the other end ([`ConnStream`]): an HTTP/3
+//! stream driven by its QUIC connection (conn.rs), or an HTTP/2 stream over
+//! TCP driven by its stream task (tcp/). The call wakes that end through its
+//! `ConnWaker` (flush.rs) and never knows which it is.
 //!
 //! The state is private; each side changes it only through its own end:
-//! [`ConnStream`] (the connection: request bytes in, response out to quiche,
-//! aborts) and [`CallStream`] (the call task: request bytes out, response
-//! in). Both directions are bounded so backpressure holds end to end: a full
-//! inbox leaves data in quiche (QUIC flow control stops the client); a full
-//! outbox stops the call task reading from HTTP/2 (HTTP/2 flow control stops
-//! the component). Shard-local: `Rc`/`RefCell`, no locks, and no borrow is
-//! held across an await.
+//! [`ConnStream`] (the connection: request bytes in, response out to the
+//! transport, aborts) and [`CallStream`] (the call task: request bytes out,
+//! response in). Both directions are bounded so backpressure holds end to
+//! end: a full inbox leaves data in the transport (QUIC or HTTP/2 flow
+//! control stops the client); a full outbox stops the call task reading
+//! from the component's HTTP/2 stream (HTTP/2 flow control stops the
+//! component). Shard-local: `Rc`/`RefCell`, no locks, and no borrow is held
+//! across an await.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -32,7 +38,7 @@ struct StreamIo {
     inbox_bytes: usize,
     /// The client finished its request body (or its rest is not wanted).
     request_fin: bool,
-    /// quiche holds body bytes we did not take (inbox was full).
+    /// The transport (quiche, h2) may hold body bytes we did not take.
     body_pending: bool,
     reader: Option<Waker>,
 
@@ -177,6 +183,28 @@ impl ConnStream {
     /// quiche could not take the headers now: they go on a later write.
     pub fn headers_unsent(&self, headers: Vec<Header>) {
         self.0.borrow_mut().out_headers = Some(headers);
+    }
+
+    /// Takes queued response body as one owned piece of at most `max`
+    /// bytes (for a transport that takes `Bytes`: HTTP/2), then wakes a
+    /// call waiting for room. `None` when nothing waits or `max` is 0.
+    pub fn take_body(&self, max: usize) -> Option<Bytes> {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        let chunk = s.outbox.front_mut().filter(|_| max > 0)?;
+        let piece = if chunk.len() <= max {
+            s.outbox.pop_front()?
+        } else {
+            chunk.split_to(max)
+        };
+        s.outbox_bytes -= piece.len();
+        s.wake_writer();
+        Some(piece)
+    }
+
+    /// Bytes of response body waiting.
+    pub fn body_len(&self) -> usize {
+        self.0.borrow().outbox_bytes
     }
 
     /// Writes queued body bytes through `write` (which returns how many it
@@ -437,6 +465,30 @@ mod tests {
         assert!(!conn.is_complete());
         conn.trailers_sent();
         assert!(conn.is_complete() && call.is_over() && !conn.has_output());
+    }
+
+    #[test]
+    fn owned_body_pieces_respect_the_limit_and_free_room() {
+        let (conn, call) = open();
+        call.send_headers(headers("200"), false);
+        call.push_outbound(Bytes::from(vec![1u8; STREAM_BUFFER]));
+        call.push_outbound(Bytes::from_static(b"tail"));
+        let mut writable = Box::pin(call.writable());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(writable.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(conn.take_body(0), None);
+        assert_eq!(conn.take_body(100).map(|b| b.len()), Some(100));
+        assert_eq!(writable.as_mut().poll(&mut cx), Poll::Ready(true));
+        assert_eq!(conn.body_len(), STREAM_BUFFER - 100 + 4);
+        assert_eq!(
+            conn.take_body(usize::MAX).map(|b| b.len()),
+            Some(STREAM_BUFFER - 100)
+        );
+        assert_eq!(conn.take_body(2), Some(Bytes::from_static(b"ta")));
+        assert_eq!(conn.take_body(9), Some(Bytes::from_static(b"il")));
+        assert_eq!(conn.take_body(9), None);
+        assert!(!conn.has_body());
     }
 
     #[test]

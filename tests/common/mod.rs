@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod kubelet;
+pub mod matrix;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -570,10 +572,16 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
-/// A UDP port nobody uses now (SO_REUSEPORT would let two nodes share one).
+/// A port nobody uses now on UDP nor TCP (the node serves HTTP/3 and
+/// HTTP/2 on the same port; SO_REUSEPORT would let two nodes share one).
 pub fn free_udp_port() -> std::net::SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// Runs the aioquic peer (tests/peers/aioquic_grpc.py): an HTTP/3 client

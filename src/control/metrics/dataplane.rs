@@ -125,6 +125,24 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "vimanad_tcp_connections_open",
+        "HTTP/2 (TLS or h2c) connections open",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "vimanad_tcp_connections_total",
+        "TCP connections by outcome: accepted, refused (shard limit), handshake_done, handshake_failed, idle_closed, goaway_abuse",
+        MetricType::COUNTER,
+        &["event"],
+    ),
+    (
+        "vimanad_h2_reset_before_call_total",
+        "HTTP/2 streams reset by the client before their call started",
+        MetricType::COUNTER,
+        &[],
+    ),
 ];
 
 impl Collector {
@@ -306,4 +324,16 @@ fn shard_series(families: &mut [Vec<Metric>], s: &str, shard: &ShardMetrics) {
     families[14].push(gauge(&only, shard.handshakes_pending.get()));
     families[15].push(counter(&only, shard.handshake_timeouts.get()));
     families[16].push(counter(&only, shard.stateless_resets_sent.get()));
+    families[17].push(gauge(&only, shard.tcp_connections_open.get()));
+    for (event, n) in [
+        ("accepted", &shard.tcp_accepted),
+        ("refused", &shard.tcp_refused),
+        ("handshake_done", &shard.tcp_handshakes_done),
+        ("handshake_failed", &shard.tcp_handshakes_failed),
+        ("idle_closed", &shard.tcp_idle_closed),
+        ("goaway_abuse", &shard.h2_goaway_abuse),
+    ] {
+        families[18].push(counter(&[("shard", s), ("event", event)], n.get()));
+    }
+    families[19].push(counter(&only, shard.h2_reset_before_call.get()));
 }
