@@ -172,6 +172,33 @@ impl Drop {
     }
 }
 
+/// What the shard's stream and call limits did (one shard's).
+#[derive(Default)]
+pub struct LimitMetrics {
+    /// Request and response bytes buffered for calls now.
+    pub buffered_bytes: Gauge,
+    /// Calls ended with RESOURCE_EXHAUSTED: their client read nothing
+    /// while a buffer budget was spent.
+    pub calls_over_budget: Counter,
+    /// Streams the client reset before their response.
+    pub early_resets: Counter,
+    /// Connections closed (H3_EXCESSIVE_LOAD) for resetting too many.
+    pub reset_floods: Counter,
+    /// Calls the client gave up before they reached a component.
+    pub dropped_before_upstream: Counter,
+    /// Requests refused for an oversized header section.
+    pub headers_too_large: Counter,
+    /// Calls ended by the idle timeout (no grpc-timeout, nothing moved).
+    pub idle_timeouts: Counter,
+    /// Calls refused because their component's queue was full.
+    pub upstream_queue_full: Counter,
+    /// Calls that got no stream to their component in time.
+    pub upstream_wait_timeouts: Counter,
+    /// Responses reset instead of trailed: cut inside a message already
+    /// partly sent.
+    pub responses_reset: Counter,
+}
+
 /// One shard's counters. Written only by its shard.
 #[repr(align(128))]
 pub struct ShardMetrics {
@@ -189,6 +216,8 @@ pub struct ShardMetrics {
     pub streams_refused: Counter,
     /// Calls the data plane answered itself (client cancellations aside).
     pub answered: Counter,
+    /// The stream and call limits (shard/limits.rs).
+    pub limits: LimitMetrics,
     components: Box<[ComponentMetrics]>,
 }
 
@@ -205,6 +234,7 @@ impl Default for ShardMetrics {
             version_negotiations_sent: Counter::default(),
             streams_refused: Counter::default(),
             answered: Counter::default(),
+            limits: LimitMetrics::default(),
             components: (0..MAX_COMPONENT_SLOTS)
                 .map(|_| ComponentMetrics::default())
                 .collect(),

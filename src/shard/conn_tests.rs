@@ -121,6 +121,7 @@ fn a_routing_failure_is_a_trailers_only_status_and_stops_the_request() {
         waker: ConnWaker::new(&pipe.conn, &Rc::new(FlushQueue::default())),
         max_message_size: 4 << 20,
         counters: super::pipe::test_counters(),
+        limits: Default::default(),
         observed: Default::default(),
     };
     let outcome = call::run(ctx, call.headers)

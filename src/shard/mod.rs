@@ -14,6 +14,8 @@ mod counters;
 mod endpoint;
 mod flush;
 mod grpc;
+mod limits;
+pub use limits::CallLimits;
 #[cfg(test)]
 mod pipe;
 mod respond;
@@ -53,7 +55,27 @@ pub struct Settings {
     pub max_streams_per_conn: usize,
     /// Largest request message, in bytes.
     pub max_message_size: usize,
+    /// Bytes buffered for one connection's calls before it is held back.
+    pub conn_buffer_limit: usize,
+    /// Bytes buffered for a shard's calls; past it, calls whose client
+    /// reads nothing end after the grace period.
+    pub shard_buffer_limit: usize,
+    /// Streams a client may reset before their response, per second and
+    /// connection (0: any number).
+    pub reset_rate: u32,
+    /// Calls waiting for a stream to one component's pod, per shard.
+    pub upstream_queue: usize,
+    /// Timeouts of a call (idle, grace over budget, upstream wait).
+    pub call: limits::CallLimits,
 }
+
+/// The largest header section a request may have (decoded, as HTTP/3
+/// counts it); a larger one gets RESOURCE_EXHAUSTED and the connection
+/// goes on.
+pub const MAX_HEADER_SECTION: usize = 16 * 1024;
+/// Past this, quiche itself closes the connection (H3_EXCESSIVE_LOAD):
+/// the header block is not even decoded.
+const HEADER_SECTION_CEILING: u64 = 4 * MAX_HEADER_SECTION as u64;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -158,7 +180,7 @@ fn setup(
     let quic = quic_config(config)
         .map_err(|e| std::io::Error::other(format!("QUIC/TLS configuration: {e}")))?;
     let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;
-    h3.set_max_field_section_size(16 * 1024);
+    h3.set_max_field_section_size(HEADER_SECTION_CEILING);
     let counters = counters::Counters::new(std::sync::Arc::clone(&config.metrics), index);
     let shard = endpoint::Shard::new(
         index,
