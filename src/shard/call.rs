@@ -603,7 +603,7 @@ impl<'c> Budgeted<'c> {
             Spent::Connection => "its connection's",
             Spent::Shard => "this core's",
         };
-        let e = CallError::ResourceExhausted(format!(
+        let e = CallError::OverBudget(format!(
             "the client took none of the response for {:?} while {whose} response buffers were full",
             self.ctx.limits.buffer_grace
         ));

@@ -112,6 +112,11 @@ impl MessageCursor {
         }
         Ok(boundary)
     }
+
+    /// Whether the bytes so far end on a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
 }
 
 /// Follows the length-prefixed messages of a gRPC stream across arbitrary

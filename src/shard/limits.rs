@@ -25,7 +25,7 @@ pub struct ShardBudget {
 /// Above this many bytes held at once, the shard gives freed memory back to
 /// the allocator's baseline once its buffers empty again (see
 /// [`ShardBudget::refund`]).
-const TRIM_ABOVE: usize = 16 << 20;
+const TRIM_ABOVE: usize = 4 << 20;
 
 impl ShardBudget {
     pub fn new(limit: usize, counters: Option<Rc<Counters>>) -> Rc<Self> {
@@ -119,11 +119,6 @@ impl ConnBudget {
     pub fn refund(&self, n: usize) {
         self.held.set(self.held.get().saturating_sub(n));
         self.shard.refund(n);
-    }
-
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.held.get()
     }
 
     /// The connection holds its limit: take no more of its request bytes

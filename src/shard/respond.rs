@@ -25,6 +25,10 @@ pub enum CallError {
     DeadlineExceeded(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// RESOURCE_EXHAUSTED for a call holding buffers its client does not
+    /// take: what it holds is dropped, not delivered.
+    #[error("{0}")]
+    OverBudget(String),
     #[error("{0}")]
     Internal(String),
     /// Not a gRPC request: an HTTP status, no gRPC status.
@@ -41,7 +45,7 @@ impl CallError {
             CallError::Unimplemented(_) => Code::Unimplemented,
             CallError::Unavailable(_) => Code::Unavailable,
             CallError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            CallError::ResourceExhausted(_) => Code::ResourceExhausted,
+            CallError::ResourceExhausted(_) | CallError::OverBudget(_) => Code::ResourceExhausted,
             CallError::Internal(_) | CallError::NotGrpc(_) => Code::Internal,
             CallError::Cancelled => Code::Cancelled,
         }
@@ -67,9 +71,13 @@ pub fn answer(stream: &CallStream, error: &CallError) -> bool {
     if stream.is_over() {
         return false;
     }
+    let clean = match error {
+        CallError::OverBudget(_) => stream.drop_unsent(),
+        _ => stream.cut_to_message(),
+    };
     if !stream.response_started() {
         stream.send_headers(trailers_only(error), true);
-    } else if stream.cut_to_message() {
+    } else if clean {
         stream.send_trailers(status_trailers(error));
     } else {
         stream.reset(H3_REQUEST_CANCELLED);

@@ -30,6 +30,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use quiche::h3::Header;
 
+use super::grpc::MessageCursor;
 use super::limits::ConnBudget;
 
 /// Request bytes buffered per stream before pushing back.
@@ -66,6 +67,8 @@ struct StreamIo {
     boundary: u64,
     /// Body bytes quiche took that the call has not given back to HTTP/2.
     drained: usize,
+    /// Follows the messages quiche took: whether they end on a boundary.
+    written_messages: MessageCursor,
     out_trailers: Option<Vec<Header>>,
     /// The call ends the response with a reset (this code), not trailers.
     out_reset: Option<u64>,
@@ -108,6 +111,7 @@ pub fn open_in(budget: Rc<ConnBudget>) -> (ConnStream, CallStream) {
         written: 0,
         boundary: 0,
         drained: 0,
+        written_messages: MessageCursor::default(),
         out_trailers: None,
         out_reset: None,
         headers_sent: false,
@@ -317,6 +321,7 @@ impl ConnStream {
             match write(&chunk[..allowed]) {
                 Ok(Some(n)) => {
                     let n = n.min(allowed);
+                    let _ = s.written_messages.feed(&chunk[..n], |_| Ok::<(), ()>(()));
                     s.written += n as u64;
                     taken += n;
                     if n == chunk.len() {
@@ -477,6 +482,23 @@ impl CallStream {
         s.outbox = kept;
         s.pushed = s.boundary;
         s.budget.refund(dropped);
+        true
+    }
+
+    /// Drops every body byte not yet written (the call is ended for holding
+    /// them). False when what was written ends inside a message: then only
+    /// a reset ends the response cleanly.
+    pub fn drop_unsent(&self) -> bool {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        if !s.written_messages.at_boundary() {
+            return false;
+        }
+        let unsent = s.outbox_bytes();
+        s.outbox.clear();
+        s.pushed = s.written;
+        s.boundary = s.written;
+        s.budget.refund(unsent);
         true
     }
 

@@ -107,7 +107,34 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "vimanad_call_buffered_bytes",
+        "Request and response bytes buffered for calls now",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "vimanad_call_limit_hits_total",
+        "Calls, streams and connections stopped by a data-plane limit, by limit",
+        MetricType::COUNTER,
+        &["limit"],
+    ),
 ];
+
+/// The `limit` label of each counter in `LimitMetrics`.
+fn limit_hits(l: &crate::pool::metrics::LimitMetrics) -> [(&'static str, u64); 9] {
+    [
+        ("buffer_budget", l.calls_over_budget.get()),
+        ("early_reset", l.early_resets.get()),
+        ("reset_flood", l.reset_floods.get()),
+        ("dropped_before_upstream", l.dropped_before_upstream.get()),
+        ("header_section", l.headers_too_large.get()),
+        ("idle_timeout", l.idle_timeouts.get()),
+        ("upstream_queue_full", l.upstream_queue_full.get()),
+        ("upstream_wait", l.upstream_wait_timeouts.get()),
+        ("response_reset", l.responses_reset.get()),
+    ]
+}
 
 impl Collector {
     pub fn new(node: Arc<NodeMetrics>) -> Self {
@@ -285,4 +312,8 @@ fn shard_series(families: &mut [Vec<Metric>], s: &str, shard: &ShardMetrics) {
     families[11].push(counter(&only, shard.retries_sent.get()));
     families[12].push(counter(&only, shard.version_negotiations_sent.get()));
     families[13].push(counter(&only, shard.streams_refused.get()));
+    families[14].push(gauge(&only, shard.limits.buffered_bytes.get()));
+    for (limit, n) in limit_hits(&shard.limits) {
+        families[15].push(counter(&[("shard", s), ("limit", limit)], n));
+    }
 }
