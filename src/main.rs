@@ -158,6 +158,36 @@ struct ServeArgs {
     /// Concurrent streams per QUIC (and HTTP/2) connection.
     #[arg(long, default_value = "256")]
     max_streams: usize,
+    /// Bytes buffered for one connection's calls (request bytes not yet
+    /// sent to the component, response bytes its client has not taken);
+    /// also sets how far a component may send ahead on one call (this
+    /// divided by --max-streams, 16 KiB to 1 MiB).
+    #[arg(long, default_value = "4194304")]
+    conn_buffer_limit: usize,
+    /// Bytes buffered for all calls of one shard; past it, a connection
+    /// holding unread responses starts no new call.
+    #[arg(long, default_value = "268435456")]
+    shard_buffer_limit: usize,
+    /// While a buffer limit is reached, a call whose client takes none of
+    /// its response for this long ends with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "2s", value_parser = cli::parse_duration)]
+    buffer_grace: Duration,
+    /// Streams a client may reset before their response, per second and
+    /// connection; more close the connection (H3_EXCESSIVE_LOAD). 0: any.
+    #[arg(long, default_value = "100")]
+    reset_rate: u32,
+    /// A call without grpc-timeout ends (DEADLINE_EXCEEDED) after this long
+    /// without a byte moving either way.
+    #[arg(long, default_value = "5m", value_parser = cli::parse_duration)]
+    call_idle_timeout: Duration,
+    /// Calls that may wait, per shard, for a stream to a pod whose
+    /// component is at its concurrent stream limit; more get UNAVAILABLE.
+    #[arg(long, default_value = "1024")]
+    upstream_queue: usize,
+    /// How long a call may wait for a stream to its component (connecting,
+    /// or queued at its stream limit) before UNAVAILABLE.
+    #[arg(long, default_value = "5s", value_parser = cli::parse_duration)]
+    upstream_wait: Duration,
     /// Idle timeout of QUIC connections (and of HTTP/2 connections without
     /// streams).
     #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
@@ -460,6 +490,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stateless_resets_per_second: args.stateless_resets_per_second,
             max_streams_per_conn: args.max_streams,
             max_message_size: args.max_message_size,
+            conn_buffer_limit: args.conn_buffer_limit,
+            shard_buffer_limit: args.shard_buffer_limit,
+            reset_rate: args.reset_rate,
+            upstream_queue: args.upstream_queue,
+            call: shard::CallLimits {
+                idle_timeout: args.call_idle_timeout,
+                buffer_grace: args.buffer_grace,
+                upstream_wait: args.upstream_wait,
+                ..Default::default()
+            },
         },
         tcp: shard::TcpConfig {
             listen: args.listen_tcp.map_or(Some(args.listen), |l| l.0),

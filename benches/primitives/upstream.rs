@@ -108,9 +108,10 @@ pub fn checkout_rows(config: &Config, rows: &mut Vec<Row>) {
             let mut baseline_sender = None;
             for endpoint in endpoints {
                 let (outstanding, ready) = upstreams.checkout(endpoint);
-                let sender = ready
+                let (sender, permit) = ready
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e}", endpoint.socket.display()));
+                drop(permit);
                 drop(outstanding); // released
                 baseline_sender.get_or_insert(sender);
             }

@@ -522,6 +522,8 @@ pub struct ServeOptions {
     /// After the shutdown signal, how long to wait for in-flight calls before
     /// dropping them (None: wait as long as they take).
     pub shutdown_grace: Option<Duration>,
+    /// HTTP/2 streams served at once per connection (None: no limit).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for ServeOptions {
@@ -530,6 +532,7 @@ impl Default for ServeOptions {
             served_by: default_served_by(),
             health: HealthMode::Serving,
             max_message_size: None,
+            max_concurrent_streams: None,
             shutdown_grace: None,
         }
     }
@@ -616,6 +619,7 @@ pub async fn serve_on(
     };
 
     let router = Server::builder()
+        .max_concurrent_streams(options.max_concurrent_streams)
         .add_optional_service(health)
         .add_service(echo);
 

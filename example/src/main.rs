@@ -14,6 +14,8 @@
 //! * `EXAMPLE_NOT_SERVING=1`: health reports NOT_SERVING forever.
 //! * `EXAMPLE_SHUTDOWN_GRACE_MS=<n>`: how long graceful shutdown waits for
 //!   in-flight calls (default 10000).
+//! * `EXAMPLE_MAX_STREAMS=<n>`: HTTP/2 streams served at once per connection
+//!   (SETTINGS_MAX_CONCURRENT_STREAMS; default no limit).
 //! * `VIMANA_POD_ID`: reported in `EchoReply.served_by` (default `pid:<pid>`).
 
 use std::process::ExitCode;
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         ),
+        max_concurrent_streams: env_number::<u32>("EXAMPLE_MAX_STREAMS"),
     };
     let startup_delay = env_number::<u64>("EXAMPLE_STARTUP_DELAY_MS").map(Duration::from_millis);
 

@@ -264,6 +264,33 @@ impl EndpointCell {
     }
 }
 
+/// What the shard's stream and call limits did (one shard's).
+#[derive(Default)]
+pub struct LimitMetrics {
+    /// Request and response bytes buffered for calls now.
+    pub buffered_bytes: Gauge,
+    /// Calls ended with RESOURCE_EXHAUSTED: their client read nothing
+    /// while a buffer budget was spent.
+    pub calls_over_budget: Counter,
+    /// Streams the client reset before their response.
+    pub early_resets: Counter,
+    /// Connections closed (H3_EXCESSIVE_LOAD) for resetting too many.
+    pub reset_floods: Counter,
+    /// Calls the client gave up before they reached a component.
+    pub dropped_before_upstream: Counter,
+    /// Requests refused for an oversized header section.
+    pub headers_too_large: Counter,
+    /// Calls ended by the idle timeout (no grpc-timeout, nothing moved).
+    pub idle_timeouts: Counter,
+    /// Calls refused because their component's queue was full.
+    pub upstream_queue_full: Counter,
+    /// Calls that got no stream to their component in time.
+    pub upstream_wait_timeouts: Counter,
+    /// Responses reset instead of trailed: cut inside a message already
+    /// partly sent.
+    pub responses_reset: Counter,
+}
+
 /// One shard's counters. Written only by its shard.
 #[repr(align(128))]
 pub struct ShardMetrics {
@@ -305,6 +332,8 @@ pub struct ShardMetrics {
     /// HTTP/2 streams the client reset before their call started (never
     /// reached a component).
     pub h2_reset_before_call: Counter,
+    /// The stream and call limits (shard/limits.rs).
+    pub limits: LimitMetrics,
     components: Box<[ComponentMetrics]>,
     endpoints: Box<[EndpointCell]>,
 }
@@ -333,6 +362,7 @@ impl Default for ShardMetrics {
             tcp_idle_closed: Counter::default(),
             h2_goaway_abuse: Counter::default(),
             h2_reset_before_call: Counter::default(),
+            limits: LimitMetrics::default(),
             components: (0..MAX_COMPONENT_SLOTS)
                 .map(|_| ComponentMetrics::default())
                 .collect(),

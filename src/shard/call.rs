@@ -3,14 +3,25 @@
 //! deadline, and answer every failure with a gRPC status (`respond.rs`).
 //!
 //! A call sees only its [`CallContext`]: its end of the stream, the shard's
-//! routing reader and upstream pool, a waker for its connection, and the
-//! shard's counters. It never sends and never touches the connection or
-//! the shard, so the one call path serves both transports: HTTP/3 (conn.rs)
-//! and HTTP/2 over TCP (tcp/) feed the same [`CallStream`].
+//! routing reader and upstream pool, a waker for its connection, the
+//! shard's counters and its limits. It never sends and never touches the
+//! connection or the shard, so the one call path serves both transports:
+//! HTTP/3 (conn.rs) and HTTP/2 over TCP (tcp/) feed the same [`CallStream`].
+//!
+//! Limits (limits.rs): a request whose header section is over
+//! [`MAX_HEADER_SECTION`] gets RESOURCE_EXHAUSTED; a call its client gave
+//! up before it reached the component never reaches it; a call waits for
+//! a stream to its component at most `upstream_wait` (UNAVAILABLE); one
+//! without `grpc-timeout` ends after `idle_timeout` without a byte moving
+//! (DEADLINE_EXCEEDED); the HTTP/2 window of a response opens again only
+//! as its client takes the bytes, and while a buffer budget is spent a
+//! call whose client took nothing for `buffer_grace` ends with
+//! RESOURCE_EXHAUSTED.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,10 +32,12 @@ use quiche::h3::{Header, NameValue};
 
 use super::counters::Counters;
 use super::flush::ConnWaker;
-use super::grpc::{parse_timeout, FrameLimiter};
+use super::grpc::{parse_timeout, FrameLimiter, MessageCursor};
+use super::limits::{CallLimits, ConnBudget, ShardBudget, Spent};
 use super::respond::{self, CallError};
 use super::stream::{CallStream, Inbound};
-use super::upstream::Upstreams;
+use super::upstream::{NoStream, Upstreams};
+use super::MAX_HEADER_SECTION;
 use crate::pool::metrics::{ComponentMetrics, GRPC_CODES, SLOT_NONE};
 use crate::pool::{Reader, Route};
 
@@ -42,6 +55,8 @@ pub struct CallContext {
     pub max_message_size: usize,
     /// The shard's counters.
     pub counters: Rc<Counters>,
+    /// Timeouts the call is held to.
+    pub limits: Rc<CallLimits>,
     /// What the call's counters need to know as it goes.
     pub observed: Observed,
 }
@@ -54,6 +69,11 @@ pub struct Shared {
     pub upstreams: Rc<Upstreams>,
     pub counters: Rc<Counters>,
     pub max_message_size: usize,
+    /// Timeouts every call is held to.
+    pub limits: Rc<CallLimits>,
+    /// The shard's buffer budget, and each connection's share of it.
+    pub buffers: Rc<ShardBudget>,
+    pub conn_buffer_limit: usize,
 }
 
 impl Shared {
@@ -66,8 +86,14 @@ impl Shared {
             waker,
             max_message_size: self.max_message_size,
             counters: Rc::clone(&self.counters),
+            limits: Rc::clone(&self.limits),
             observed: Observed::default(),
         }
+    }
+
+    /// A budget for one more connection's buffered bytes.
+    pub fn conn_budget(&self) -> Rc<ConnBudget> {
+        ConnBudget::new(self.conn_buffer_limit, Rc::clone(&self.buffers))
     }
 }
 
@@ -114,7 +140,9 @@ pub async fn run(ctx: CallContext, headers: Vec<Header>) -> Option<CallError> {
     let started = Instant::now();
     let outcome = proxy(&ctx, &headers).await.err();
     if let Some(error) = &outcome {
-        respond::answer(&ctx.stream, error);
+        if respond::answer(&ctx.stream, error) {
+            ctx.counters.get().limits.responses_reset.inc();
+        }
     }
     ctx.waker.wake();
     let code = match &outcome {
@@ -142,6 +170,16 @@ struct Request<'h> {
 fn parse_request(headers: &[Header]) -> Result<Request<'_>, CallError> {
     let (mut method, mut content_type, mut authority, mut path) = (None, None, None, None);
     let (mut version, mut timeout) = (None, None);
+    // As HTTP/3 counts a field section (RFC 9114 §4.2.2).
+    let size: usize = headers
+        .iter()
+        .map(|h| h.name().len() + h.value().len() + 32)
+        .sum();
+    if size > MAX_HEADER_SECTION {
+        return Err(CallError::ResourceExhausted(format!(
+            "the request's header section of {size} bytes exceeds the limit of {MAX_HEADER_SECTION} bytes"
+        )));
+    }
     for h in headers {
         match h.name() {
             b":method" => method = Some(h.value()),
@@ -190,7 +228,30 @@ fn domain_of(authority: &str) -> &str {
 }
 
 async fn proxy(ctx: &CallContext, headers: &[Header]) -> Result<(), CallError> {
-    let request = parse_request(headers)?;
+    let request = parse_request(headers).inspect_err(|e| {
+        if matches!(e, CallError::ResourceExhausted(_)) {
+            ctx.counters.get().limits.headers_too_large.inc();
+            log_limit(&ctx.limits.logs.headers, e);
+        }
+    })?;
+    if ctx.stream.is_aborted() {
+        // Reset before it started (a client opening and cancelling calls
+        // as fast as it can): nothing to route.
+        ctx.counters.get().limits.dropped_before_upstream.inc();
+        return Err(CallError::Cancelled);
+    }
+    let budget = ctx.stream.budget();
+    if budget.spent() == Some(Spent::Shard) && budget.hoarding() {
+        // The core's buffers are full and this connection holds a share of
+        // them: no new window for it until its client reads.
+        ctx.counters.get().limits.calls_over_budget.inc();
+        let e = CallError::ResourceExhausted(
+            "this core's response buffers are full and the connection holds unread responses"
+                .into(),
+        );
+        log_limit(&ctx.limits.logs.over_budget, &e);
+        return Err(e);
+    }
     let service = service_of(request.path).ok_or_else(|| {
         CallError::Unimplemented(format!("malformed gRPC path {:?}", request.path))
     })?;
@@ -240,11 +301,49 @@ async fn proxy(ctx: &CallContext, headers: &[Header]) -> Result<(), CallError> {
     };
     let deadline = request.timeout.map(|t| Instant::now() + t);
     let result = async {
-        let sender = connecting.await.map_err(CallError::Unavailable)?;
+        let wait = ctx.limits.upstream_wait;
+        let connecting = std::pin::pin!(connecting);
+        let (sender, _permit) = match select(
+            connecting,
+            std::pin::pin!(glommio::timer::sleep(wait)),
+        )
+        .await
+        {
+            Either::Left((Ok(ready), _)) => ready,
+            Either::Left((Err(NoStream::Failed(e)), _)) => return Err(CallError::Unavailable(e)),
+            Either::Left((Err(full), _)) => {
+                ctx.counters.get().limits.upstream_queue_full.inc();
+                let e = CallError::Unavailable(full.to_string());
+                log_limit(&ctx.limits.logs.upstream, &e);
+                return Err(e);
+            }
+            Either::Right(_) => {
+                ctx.counters.get().limits.upstream_wait_timeouts.inc();
+                let e = CallError::Unavailable(format!(
+                        "no stream to the component within {wait:?} (it is at its concurrent stream limit or not answering)"
+                    ));
+                log_limit(&ctx.limits.logs.upstream, &e);
+                return Err(e);
+            }
+        };
         exchange(ctx, headers, &request, sender, deadline).await
     };
     let result = match request.timeout {
-        None => result.await,
+        None => {
+            let result = std::pin::pin!(result);
+            match select(result, std::pin::pin!(idle(ctx))).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => {
+                    ctx.counters.get().limits.idle_timeouts.inc();
+                    let e = CallError::DeadlineExceeded(format!(
+                        "no bytes moved for {:?} (the node's call idle timeout; set grpc-timeout for longer calls)",
+                        ctx.limits.idle_timeout
+                    ));
+                    log_limit(&ctx.limits.logs.idle, &e);
+                    Err(e)
+                }
+            }
+        }
         Some(timeout) => {
             let result = std::pin::pin!(result);
             let timer = std::pin::pin!(glommio::timer::sleep(timeout));
@@ -259,6 +358,20 @@ async fn proxy(ctx: &CallContext, headers: &[Header]) -> Result<(), CallError> {
     result
 }
 
+/// Resolves once no byte of the call moved either way for the idle
+/// timeout (checked every quarter of it: fires within 1¼ of it).
+async fn idle(ctx: &CallContext) {
+    let tick = ctx.limits.idle_timeout / 4;
+    let mut last = ctx.stream.activity();
+    let mut quiet = 0;
+    while quiet < 4 {
+        glommio::timer::sleep(tick).await;
+        let now = ctx.stream.activity();
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
 async fn exchange(
     ctx: &CallContext,
     headers: &[Header],
@@ -267,6 +380,10 @@ async fn exchange(
     deadline: Option<Instant>,
 ) -> Result<(), CallError> {
     let upstream_request = build_request(headers, request)?;
+    if ctx.stream.is_aborted() {
+        ctx.counters.get().limits.dropped_before_upstream.inc();
+        return Err(CallError::Cancelled);
+    }
     let (response, body_tx) = sender
         .send_request(upstream_request, false)
         .map_err(|e| CallError::Unavailable(format!("the component refused the call: {e}")))?;
@@ -396,19 +513,40 @@ async fn download(
     if body.is_end_stream() {
         return Ok(()); // trailers-only
     }
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(unavailable)?;
-        let len = chunk.len();
-        ctx.observed
-            .metrics(&ctx.counters)
-            .bytes_out
-            .add(len as u64);
-        let _ = body.flow_control().release_capacity(len);
-        io.push_outbound(chunk);
-        ctx.waker.wake();
-        if !io.writable().await {
-            return Err(CallError::Cancelled);
+    let mut flow = body.flow_control().clone();
+    let mut messages = MessageCursor::default();
+    let mut budget = Budgeted::new(ctx);
+    loop {
+        let step = poll_fn(|cx| {
+            match io.poll_drained(cx) {
+                Poll::Ready(Some(n)) => return Poll::Ready(Step::Drained(n)),
+                Poll::Ready(None) => return Poll::Ready(Step::Aborted),
+                Poll::Pending => {}
+            }
+            if budget.poll_tick(cx).is_ready() {
+                return Poll::Ready(Step::Tick);
+            }
+            body.poll_data(cx).map(Step::Data)
+        })
+        .await;
+        match step {
+            Step::Drained(n) => budget.unreleased += n,
+            Step::Data(Some(chunk)) => {
+                let chunk = chunk.map_err(unavailable)?;
+                ctx.observed
+                    .metrics(&ctx.counters)
+                    .bytes_out
+                    .add(chunk.len() as u64);
+                // Only the boundaries matter here; no limit on responses.
+                let boundary = messages.feed(&chunk, |_| Ok::<(), ()>(())).unwrap_or(None);
+                io.push_body(chunk, boundary);
+                ctx.waker.wake();
+            }
+            Step::Data(None) => break,
+            Step::Tick => {}
+            Step::Aborted => return Err(CallError::Cancelled),
         }
+        budget.after_step(&mut flow)?;
     }
     let trailers = body.trailers().await.map_err(unavailable)?;
     if let Some(trailers) = &trailers {
@@ -417,6 +555,115 @@ async fn download(
     io.send_trailers(respond::response_trailers(trailers.as_ref(), deadline));
     ctx.waker.wake();
     Ok(())
+}
+
+/// What moved a download on.
+enum Step {
+    /// quiche took this many of the call's bytes.
+    Drained(usize),
+    Data(Option<Result<Bytes, h2::Error>>),
+    /// Look at the budget again.
+    Tick,
+    Aborted,
+}
+
+/// A download's side of the buffer budgets: the HTTP/2 window it owes the
+/// component, and the grace period of a client that takes nothing while a
+/// budget is spent.
+struct Budgeted<'c> {
+    ctx: &'c CallContext,
+    /// Bytes quiche took that the component may send again.
+    unreleased: usize,
+    /// Since when a budget was spent while this call held bytes, and how
+    /// many its client had taken then.
+    spent_since: Option<(Instant, u64)>,
+    tick: Option<glommio::timer::Timer>,
+}
+
+impl<'c> Budgeted<'c> {
+    fn new(ctx: &'c CallContext) -> Self {
+        Self {
+            ctx,
+            unreleased: 0,
+            spent_since: None,
+            tick: None,
+        }
+    }
+
+    fn poll_tick(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match &mut self.tick {
+            Some(timer) => match std::pin::Pin::new(timer).poll(cx) {
+                Poll::Ready(_) => {
+                    self.tick = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            None => Poll::Pending,
+        }
+    }
+
+    /// Gives the component its window back unless the connection is over
+    /// its budget (its client is then held back too: it is the slow
+    /// reader), and ends the call once its client took nothing for the
+    /// grace period while a budget stays spent.
+    fn after_step(&mut self, flow: &mut h2::FlowControl) -> Result<(), CallError> {
+        let io = &self.ctx.stream;
+        let budget = io.budget();
+        if self.unreleased > 0 && !budget.conn_full() {
+            let _ = flow.release_capacity(std::mem::take(&mut self.unreleased));
+        }
+        let spent = budget.spent();
+        match spent {
+            Some(which) if io.holds_bytes() => {
+                let now = Instant::now();
+                let grace = self.ctx.limits.buffer_grace;
+                match self.spent_since {
+                    Some((since, taken)) if io.written() == taken => {
+                        if now.saturating_duration_since(since) >= grace {
+                            return Err(self.over_budget(which));
+                        }
+                    }
+                    // First seen, or the client took some: it reads.
+                    _ => self.spent_since = Some((now, io.written())),
+                }
+            }
+            _ => self.spent_since = None,
+        }
+        // While held back, look again now and then: nothing else wakes the
+        // call when the budget frees up or the grace runs out.
+        let waiting = self.spent_since.is_some() || self.unreleased > 0;
+        if waiting && self.tick.is_none() {
+            let every = (self.ctx.limits.buffer_grace / 8)
+                .clamp(Duration::from_millis(25), Duration::from_millis(250));
+            self.tick = Some(glommio::timer::Timer::new(every));
+        } else if !waiting {
+            self.tick = None;
+        }
+        Ok(())
+    }
+
+    fn over_budget(&self, which: Spent) -> CallError {
+        let limits = &self.ctx.counters.get().limits;
+        limits.calls_over_budget.inc();
+        let whose = match which {
+            Spent::Connection => "its connection's",
+            Spent::Shard => "this core's",
+        };
+        let e = CallError::OverBudget(format!(
+            "the client took none of the response for {:?} while {whose} response buffers were full",
+            self.ctx.limits.buffer_grace
+        ));
+        log_limit(&self.ctx.limits.logs.over_budget, &e);
+        e
+    }
+}
+
+/// Logs the first call of a burst that hit a limit.
+fn log_limit(burst: &super::limits::Burst, error: &CallError) {
+    if let Some(hidden) = burst.hit() {
+        tracing::warn!(%error, "a call hit a limit; {hidden} more hits of it since the last log");
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quiche::h3;
 
+use super::limits::{Burst, ConnBudget, ResetBucket, ShardBudget};
 use super::signal::Signal;
 use super::stream::{self, CallStream, ConnStream};
 
@@ -22,6 +23,8 @@ use super::stream::{self, CallStream, ConnStream};
 const H3_NO_ERROR: u64 = 0x100;
 /// H3_REQUEST_CANCELLED: a stream the shard could not take.
 const H3_REQUEST_CANCELLED: u64 = 0x10c;
+/// H3_EXCESSIVE_LOAD: a connection closed for resetting too many streams.
+const H3_EXCESSIVE_LOAD: u64 = 0x107;
 /// How long a connection's acknowledgement of new requests may wait for
 /// their first response bytes to ride along. Far under the 25 ms
 /// max_ack_delay we advertise, so peers see no loss.
@@ -38,6 +41,15 @@ pub struct ConnSettings {
     pub shard: usize,
     /// The shard's counters (handshakes completed, streams refused).
     pub counters: Rc<super::counters::Counters>,
+    /// Bytes buffered for the shard's calls, and its limit.
+    pub buffers: Rc<ShardBudget>,
+    /// Bytes buffered for one connection's calls before it is held back.
+    pub conn_buffer_limit: usize,
+    /// Streams a client may reset before their response, per second and
+    /// connection (0: any number).
+    pub reset_rate: u32,
+    /// Logs a burst of connections closed for their resets once.
+    pub reset_floods: Burst,
 }
 
 pub struct Conn {
@@ -58,6 +70,10 @@ struct ConnInner {
     draining: bool,
     /// Calls wrote to quiche since the last send.
     wrote: bool,
+    /// Bytes buffered for this connection's calls (made with HTTP/3).
+    budget: Option<Rc<ConnBudget>>,
+    /// Streams the client reset before their response.
+    resets: ResetBucket,
 }
 
 /// A call to start: the stream's headers, and the call's end of it.
@@ -75,6 +91,8 @@ impl Conn {
                 streams: HashMap::new(),
                 draining: false,
                 wrote: false,
+                budget: None,
+                resets: ResetBucket::default(),
             }),
             signal: Signal::default(),
             queued: Cell::new(false),
@@ -93,6 +111,8 @@ impl Conn {
             streams,
             draining,
             wrote,
+            budget,
+            resets,
         } = &mut *inner;
         if quic.is_closed() {
             for io in streams.values() {
@@ -105,6 +125,10 @@ impl Conn {
             match h3::Connection::with_transport(quic, &settings.h3) {
                 Ok(conn) => {
                     *h3 = Some(conn);
+                    *budget = Some(ConnBudget::new(
+                        settings.conn_buffer_limit,
+                        Rc::clone(&settings.buffers),
+                    ));
                     *wrote = true; // SETTINGS
                     settings.counters.get().handshakes_done.inc();
                 }
@@ -115,7 +139,10 @@ impl Conn {
                 }
             }
         }
-        let Some(h3) = h3 else { return new_calls };
+        let (Some(h3), Some(budget)) = (h3, budget.as_ref()) else {
+            return new_calls;
+        };
+        let mut early_resets = 0u32;
 
         let mut scratch = [0u8; 16 * 1024];
         loop {
@@ -139,7 +166,7 @@ impl Conn {
                             );
                             continue;
                         }
-                        let (conn_end, call_end) = stream::open();
+                        let (conn_end, call_end) = stream::open_in(Rc::clone(budget));
                         streams.insert(stream_id, conn_end);
                         new_calls.push(NewCall {
                             headers: list,
@@ -164,6 +191,7 @@ impl Conn {
                     Ok((stream_id, h3::Event::Reset(_))) => {
                         if let Some(io) = streams.remove(&stream_id) {
                             io.abort();
+                            early_resets += 1;
                         }
                     }
                     Ok((_, h3::Event::PriorityUpdate | h3::Event::GoAway)) => {}
@@ -203,7 +231,19 @@ impl Conn {
         for stream_id in stopped {
             if let Some(io) = streams.remove(&stream_id) {
                 io.abort();
+                early_resets += 1;
             }
+        }
+        if early_resets > 0 && reset_flood(settings, resets, early_resets) {
+            for io in streams.values() {
+                io.abort();
+            }
+            streams.clear();
+            let _ = quic.close(true, H3_EXCESSIVE_LOAD, b"too many streams reset");
+            *wrote = true;
+            drop(inner);
+            self.signal.notify();
+            return new_calls;
         }
 
         streams.retain(|&stream_id, io| {
@@ -344,12 +384,35 @@ impl Conn {
     }
 }
 
+/// Counts `n` streams the client reset before their response; true when
+/// that takes it over its budget (the connection is then closed).
+fn reset_flood(settings: &ConnSettings, bucket: &mut ResetBucket, n: u32) -> bool {
+    let limits = &settings.counters.get().limits;
+    limits.early_resets.add(u64::from(n));
+    let now = Instant::now();
+    if (0..n).all(|_| bucket.allow(settings.reset_rate, now)) {
+        return false;
+    }
+    limits.reset_floods.inc();
+    if let Some(hidden) = settings.reset_floods.hit() {
+        tracing::warn!(
+            shard = settings.shard,
+            limit = settings.reset_rate,
+            "a client reset more than --reset-rate streams per second before their response: its connection is closed (H3_EXCESSIVE_LOAD); {hidden} more such closes since the last log"
+        );
+    }
+    true
+}
+
 /// Whether the stream has the credit for a write. One that falls short
 /// makes quiche announce the block again (DATA_BLOCKED), which a client
 /// that does not read acknowledges, and its acknowledgement brings us
 /// back here: a ping-pong as fast as the loopback. Below
 /// [`MIN_BODY_WRITE`] bytes only headers and trailers are tried.
 fn worth_writing(quic: &mut quiche::Connection, stream_id: u64, io: &ConnStream) -> bool {
+    if io.take_reset().is_some() {
+        return true; // a reset needs no credit
+    }
     match quic.stream_capacity(stream_id) {
         Ok(credit) => credit >= MIN_BODY_WRITE || (!io.has_body() && credit > 0),
         Err(_) => true, // the write reports it
@@ -393,6 +456,12 @@ fn write_output(
     stream_id: u64,
     io: &ConnStream,
 ) {
+    if let Some(code) = io.take_reset() {
+        let _ = quic.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+        let _ = quic.stream_shutdown(stream_id, quiche::Shutdown::Read, H3_NO_ERROR);
+        io.reset_sent();
+        return;
+    }
     if let Some((headers, fin)) = io.take_headers() {
         match h3.send_response(quic, stream_id, &headers, fin) {
             Ok(()) => {

@@ -121,6 +121,7 @@ fn a_routing_failure_is_a_trailers_only_status_and_stops_the_request() {
         waker: ConnWaker::new(&pipe.conn, &Rc::new(FlushQueue::default())),
         max_message_size: 4 << 20,
         counters: super::pipe::test_counters(),
+        limits: Default::default(),
         observed: Default::default(),
     };
     let outcome = call::run(ctx, call.headers)
@@ -334,4 +335,46 @@ fn a_closed_connection_aborts_every_call() {
     for call in &calls {
         assert_eq!(call.stream.recv().now_or_never(), Some(Inbound::Aborted));
     }
+}
+
+#[test]
+fn a_client_resetting_streams_past_its_budget_is_closed_with_excessive_load() {
+    // The pipe's connections allow 100 early resets per second.
+    let mut pipe = Pipe::new(1000, 1000);
+    let mut calls = Vec::new();
+    for round in 0..20 {
+        let ids: Vec<u64> = (0..16)
+            .map(|_| pipe.request(&grpc_request("example.com", "/a.S/M"), false))
+            .collect();
+        calls.extend(pipe.advance());
+        for id in ids {
+            let _ = pipe
+                .client
+                .stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
+            let _ = pipe
+                .client
+                .stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_CANCELLED);
+        }
+        pipe.advance();
+        if pipe.client.peer_error().is_some() {
+            assert!(
+                (round + 1) * 16 > 100,
+                "closed after {} resets",
+                (round + 1) * 16
+            );
+            break;
+        }
+    }
+    let error = pipe
+        .client
+        .peer_error()
+        .expect("the server closed the connection");
+    assert!(error.is_app);
+    assert_eq!(error.error_code, 0x107, "H3_EXCESSIVE_LOAD");
+    for call in &calls {
+        assert_eq!(call.stream.recv().now_or_never(), Some(Inbound::Aborted));
+    }
+    let limits = &pipe.settings.counters.get().limits;
+    assert_eq!(limits.reset_floods.get(), 1);
+    assert!(limits.early_resets.get() > 100);
 }

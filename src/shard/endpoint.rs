@@ -27,6 +27,7 @@ use super::call::{self, CallContext};
 use super::conn::{Conn, ConnSettings};
 use super::counters::Counters;
 use super::flush::{ConnWaker, FlushQueue, Wire};
+use super::limits::{CallLimits, ShardBudget};
 use super::udp::{self, RecvBatch, SendBatch};
 use super::upstream::Upstreams;
 use super::Settings;
@@ -48,6 +49,7 @@ pub struct Shard {
     routes: Rc<RefCell<Reader>>,
     upstreams: Rc<Upstreams>,
     settings: Settings,
+    call_limits: Rc<CallLimits>,
     /// This shard's block of the node's metrics.
     counters: Rc<Counters>,
     draining: Cell<bool>,
@@ -86,10 +88,24 @@ impl Shard {
                 max_streams: settings.max_streams_per_conn,
                 shard: index,
                 counters: Rc::clone(&counters),
+                buffers: ShardBudget::new(settings.shard_buffer_limit, Some(Rc::clone(&counters))),
+                conn_buffer_limit: settings.conn_buffer_limit,
+                reset_rate: settings.reset_rate,
+                reset_floods: Default::default(),
             },
             conns: RefCell::new(HashMap::new()),
             routes: Rc::new(RefCell::new(routes)),
-            upstreams: Rc::new(Upstreams::reporting(Rc::clone(&counters))),
+            upstreams: Rc::new(
+                Upstreams::with_limits(
+                    settings.upstream_queue,
+                    super::upstream::window_for(
+                        settings.conn_buffer_limit,
+                        settings.max_streams_per_conn,
+                    ),
+                )
+                .reporting(Rc::clone(&counters)),
+            ),
+            call_limits: Rc::new(settings.call.clone()),
             settings,
             counters,
             draining: Cell::new(false),
@@ -150,6 +166,9 @@ impl Shard {
             upstreams: Rc::clone(&self.upstreams),
             counters: Rc::clone(&self.counters),
             max_message_size: self.settings.max_message_size,
+            limits: Rc::clone(&self.call_limits),
+            buffers: Rc::clone(&self.conn_settings.buffers),
+            conn_buffer_limit: self.settings.conn_buffer_limit,
         }
     }
 
@@ -321,6 +340,7 @@ impl Shard {
             upstreams: Rc::clone(&self.upstreams),
             waker: ConnWaker::new(conn, &self.queue),
             max_message_size: self.settings.max_message_size,
+            limits: Rc::clone(&self.call_limits),
             counters: Rc::clone(&self.counters),
             observed: call::Observed::default(),
         };

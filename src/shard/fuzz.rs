@@ -45,6 +45,11 @@ fn server_config() -> quiche::Config {
         idle_timeout: std::time::Duration::from_secs(30),
         drain_timeout: std::time::Duration::from_secs(1),
         settings: super::Settings::default(),
+        tcp: super::TcpConfig {
+            listen: None,
+            listen_h2c: None,
+            handshake_timeout: std::time::Duration::from_secs(10),
+        },
     };
     super::quic_config(&config).expect("server QUIC configuration")
 }

@@ -61,40 +61,40 @@ pub fn encode_message(message: &str) -> String {
 }
 
 /// Follows the length-prefixed messages of a gRPC stream across arbitrary
-/// chunk boundaries, to refuse a message over the size limit as soon as its
-/// 5-byte prefix is seen.
-#[derive(Debug)]
-pub struct FrameLimiter {
-    max: usize,
+/// chunk boundaries: where each message starts and ends.
+#[derive(Debug, Default)]
+pub struct MessageCursor {
     header: [u8; 5],
     header_len: usize,
     remaining: usize,
 }
 
-impl FrameLimiter {
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            header: [0; 5],
-            header_len: 0,
-            remaining: 0,
-        }
-    }
-
-    /// Feeds a chunk; returns the length of an oversized message, if one
-    /// starts in it.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), usize> {
-        while !chunk.is_empty() {
+impl MessageCursor {
+    /// Feeds a chunk; calls `on_message` with the length of each message
+    /// whose 5-byte prefix completes in it (stopping at its error), and
+    /// returns the offset just past the last message that ends in it.
+    pub fn feed<E>(
+        &mut self,
+        chunk: &[u8],
+        mut on_message: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<Option<usize>, E> {
+        let mut boundary = None;
+        let mut at = 0;
+        while at < chunk.len() {
             if self.remaining > 0 {
-                let take = self.remaining.min(chunk.len());
+                let take = self.remaining.min(chunk.len() - at);
                 self.remaining -= take;
-                chunk = &chunk[take..];
+                at += take;
+                if self.remaining == 0 {
+                    boundary = Some(at);
+                }
                 continue;
             }
-            let take = (5 - self.header_len).min(chunk.len());
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
+            let take = (5 - self.header_len).min(chunk.len() - at);
+            self.header[self.header_len..self.header_len + take]
+                .copy_from_slice(&chunk[at..at + take]);
             self.header_len += take;
-            chunk = &chunk[take..];
+            at += take;
             if self.header_len == 5 {
                 let len = u32::from_be_bytes([
                     self.header[1],
@@ -102,14 +102,47 @@ impl FrameLimiter {
                     self.header[3],
                     self.header[4],
                 ]) as usize;
-                if len > self.max {
-                    return Err(len);
-                }
-                self.remaining = len;
+                on_message(len)?;
                 self.header_len = 0;
+                self.remaining = len;
+                if len == 0 {
+                    boundary = Some(at);
+                }
             }
         }
-        Ok(())
+        Ok(boundary)
+    }
+
+    /// Whether the bytes so far end on a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+}
+
+/// Follows the length-prefixed messages of a gRPC stream across arbitrary
+/// chunk boundaries, to refuse a message over the size limit as soon as its
+/// 5-byte prefix is seen.
+#[derive(Debug)]
+pub struct FrameLimiter {
+    max: usize,
+    cursor: MessageCursor,
+}
+
+impl FrameLimiter {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            cursor: MessageCursor::default(),
+        }
+    }
+
+    /// Feeds a chunk; returns the length of an oversized message, if one
+    /// starts in it.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), usize> {
+        let max = self.max;
+        self.cursor
+            .feed(chunk, |len| if len > max { Err(len) } else { Ok(()) })
+            .map(|_| ())
     }
 }
 
@@ -145,5 +178,22 @@ mod tests {
         }
         assert_eq!(l.feed(&[0, 0, 0]), Ok(()));
         assert_eq!(l.feed(&[0, 11]), Err(11));
+    }
+
+    #[test]
+    fn finds_message_boundaries_across_chunks() {
+        let none = |_| Ok::<(), ()>(());
+        let mut c = MessageCursor::default();
+        // Two messages (3 bytes, then empty) and half of a third.
+        let stream = [0, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 9];
+        assert_eq!(c.feed(&stream, none), Ok(Some(13)));
+        assert_eq!(c.feed(&[9], none), Ok(Some(1)));
+        for split in 1..stream.len() {
+            let mut c = MessageCursor::default();
+            let first = c.feed(&stream[..split], none).unwrap();
+            let second = c.feed(&stream[split..], none).unwrap();
+            let last = second.map(|b| split + b).or(first);
+            assert_eq!(last, Some(13), "split at {split}");
+        }
     }
 }

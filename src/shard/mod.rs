@@ -19,6 +19,8 @@ mod flush;
 #[doc(hidden)]
 pub mod fuzz;
 mod grpc;
+mod limits;
+pub use limits::CallLimits;
 #[cfg(test)]
 mod pipe;
 mod reset;
@@ -77,6 +79,18 @@ pub struct Settings {
     pub max_streams_per_conn: usize,
     /// Largest request message, in bytes.
     pub max_message_size: usize,
+    /// Bytes buffered for one connection's calls before it is held back.
+    pub conn_buffer_limit: usize,
+    /// Bytes buffered for a shard's calls; past it, calls whose client
+    /// reads nothing end after the grace period.
+    pub shard_buffer_limit: usize,
+    /// Streams a client may reset before their response, per second and
+    /// connection (0: any number).
+    pub reset_rate: u32,
+    /// Calls waiting for a stream to one component's pod, per shard.
+    pub upstream_queue: usize,
+    /// Timeouts of a call (idle, grace over budget, upstream wait).
+    pub call: limits::CallLimits,
 }
 
 /// The defaults of the `serve` flags.
@@ -93,9 +107,21 @@ impl Default for Settings {
             stateless_resets_per_second: 1000,
             max_streams_per_conn: 256,
             max_message_size: 4 << 20,
+            conn_buffer_limit: 4 << 20,
+            shard_buffer_limit: 256 << 20,
+            reset_rate: 100,
+            upstream_queue: 1024,
+            call: limits::CallLimits::default(),
         }
     }
 }
+/// The largest header section a request may have (decoded, as HTTP/3
+/// counts it); a larger one gets RESOURCE_EXHAUSTED and the connection
+/// goes on.
+pub const MAX_HEADER_SECTION: usize = 16 * 1024;
+/// Past this, quiche itself closes the connection (H3_EXCESSIVE_LOAD):
+/// the header block is not even decoded.
+const HEADER_SECTION_CEILING: u64 = 4 * MAX_HEADER_SECTION as u64;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -222,7 +248,7 @@ fn setup(index: usize, config: &Config, reader: crate::pool::Reader) -> std::io:
     let quic = quic_config(config)
         .map_err(|e| std::io::Error::other(format!("QUIC/TLS configuration: {e}")))?;
     let mut h3 = quiche::h3::Config::new().map_err(|e| std::io::Error::other(e.to_string()))?;
-    h3.set_max_field_section_size(16 * 1024);
+    h3.set_max_field_section_size(HEADER_SECTION_CEILING);
     let counters = counters::Counters::new(std::sync::Arc::clone(&config.metrics), index);
     // The stateless reset key is derived from the TLS key: the same on
     // every shard and across restarts (reset.rs).

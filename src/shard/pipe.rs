@@ -51,6 +51,11 @@ impl Pipe {
                 retry_above: 10,
                 max_streams_per_conn: quic_streams,
                 max_message_size: 4 << 20,
+                conn_buffer_limit: 1 << 20,
+                shard_buffer_limit: 64 << 20,
+                reset_rate: 100,
+                upstream_queue: 16,
+                call: Default::default(),
                 ..super::Settings::default()
             },
             tcp: super::TcpConfig {
@@ -92,7 +97,7 @@ impl Pipe {
         )
         .unwrap();
         let mut h3_config = h3::Config::new().unwrap();
-        h3_config.set_max_field_section_size(16 * 1024);
+        h3_config.set_max_field_section_size(4 * super::MAX_HEADER_SECTION as u64);
         let mut pipe = Pipe {
             client,
             client_h3: None,
@@ -102,6 +107,10 @@ impl Pipe {
                 max_streams,
                 shard: 0,
                 counters: test_counters(),
+                buffers: super::limits::ShardBudget::new(64 << 20, None),
+                conn_buffer_limit: 1 << 20,
+                reset_rate: 100,
+                reset_floods: Default::default(),
             },
             client_addr,
             server_addr,

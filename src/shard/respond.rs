@@ -25,6 +25,10 @@ pub enum CallError {
     DeadlineExceeded(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// RESOURCE_EXHAUSTED for a call holding buffers its client does not
+    /// take: what it holds is dropped, not delivered.
+    #[error("{0}")]
+    OverBudget(String),
     #[error("{0}")]
     Internal(String),
     /// Not a gRPC request: an HTTP status, no gRPC status.
@@ -41,7 +45,7 @@ impl CallError {
             CallError::Unimplemented(_) => Code::Unimplemented,
             CallError::Unavailable(_) => Code::Unavailable,
             CallError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            CallError::ResourceExhausted(_) => Code::ResourceExhausted,
+            CallError::ResourceExhausted(_) | CallError::OverBudget(_) => Code::ResourceExhausted,
             CallError::Internal(_) | CallError::NotGrpc(_) => Code::Internal,
             CallError::Cancelled => Code::Cancelled,
         }
@@ -54,19 +58,32 @@ impl CallError {
     }
 }
 
+/// H3_REQUEST_CANCELLED: the code of a response ended by a reset.
+pub const H3_REQUEST_CANCELLED: u64 = 0x10c;
+
 /// Ends a call the data plane answers itself: a trailers-only response if
 /// nothing of the response was queued yet, the status in trailers after
-/// headers (and maybe messages); nothing once the client is gone or the
-/// response is complete.
-pub fn answer(stream: &CallStream, error: &CallError) {
+/// headers and whole messages (an incomplete message not yet sent is
+/// dropped); nothing once the client is gone or the response is complete.
+/// When part of an incomplete message has already gone, a status would
+/// follow half a message: the stream is reset instead (returns true).
+pub fn answer(stream: &CallStream, error: &CallError) -> bool {
     if stream.is_over() {
-        return;
+        return false;
     }
-    if stream.response_started() {
+    let clean = match error {
+        CallError::OverBudget(_) => stream.drop_unsent(),
+        _ => stream.cut_to_message(),
+    };
+    if !stream.response_started() {
+        stream.send_headers(trailers_only(error), true);
+    } else if clean {
         stream.send_trailers(status_trailers(error));
     } else {
-        stream.send_headers(trailers_only(error), true);
+        stream.reset(H3_REQUEST_CANCELLED);
+        return true;
     }
+    false
 }
 
 /// A component's response headers for the client (`:status` first).
@@ -181,6 +198,53 @@ mod tests {
         let trailers = conn.take_trailers().expect("trailers");
         assert_eq!(get(&trailers, "grpc-status"), Some(&b"14"[..]));
         assert_eq!(get(&trailers, "grpc-message"), Some(&b"gone"[..]));
+    }
+
+    /// Written body bytes, as quiche would take them (all it is offered).
+    fn written(conn: &stream::ConnStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        assert!(conn.write_body(|b| {
+            out.extend_from_slice(b);
+            Ok(Some(b.len()))
+        }));
+        out
+    }
+
+    #[test]
+    fn an_error_inside_a_message_drops_its_tail_before_the_status() {
+        let (conn, call) = stream::open();
+        call.send_headers(vec![Header::new(b":status", b"200")], false);
+        let _ = conn.take_headers();
+        conn.headers_sent(false);
+        // One whole message and the first 2 of a 4-byte one.
+        let body = bytes::Bytes::from_static(b"\0\0\0\0\x01a\0\0\0\0\x04bc");
+        call.push_body(body, Some(6));
+        // Only the whole message may go to quiche.
+        assert_eq!(written(&conn), b"\0\0\0\0\x01a");
+        assert!(!answer(&call, &CallError::DeadlineExceeded("late".into())));
+        assert!(written(&conn).is_empty(), "the half message is dropped");
+        let trailers = conn.take_trailers().expect("the status follows");
+        assert_eq!(get(&trailers, "grpc-status"), Some(&b"4"[..]));
+        assert!(!call.holds_bytes());
+    }
+
+    #[test]
+    fn an_error_inside_a_message_already_partly_sent_resets_the_stream() {
+        let (conn, call) = stream::open();
+        call.send_headers(vec![Header::new(b":status", b"200")], false);
+        let _ = conn.take_headers();
+        conn.headers_sent(false);
+        // The head of a message too long to hold back goes at once.
+        let mut head = vec![0, 0, 1, 0, 0];
+        head.resize(stream::HOLD_BACK + 10, 7);
+        call.push_body(bytes::Bytes::from(head.clone()), None);
+        assert_eq!(written(&conn), head);
+        call.push_body(bytes::Bytes::from_static(b"more"), None);
+        assert!(answer(&call, &CallError::DeadlineExceeded("late".into())));
+        assert_eq!(conn.take_reset(), Some(H3_REQUEST_CANCELLED));
+        assert!(conn.take_trailers().is_none() && !call.holds_bytes());
+        conn.reset_sent();
+        assert!(conn.is_complete() && call.is_over() && !conn.has_output());
     }
 
     #[test]

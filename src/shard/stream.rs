@@ -1,6 +1,6 @@
 //! One request stream between its connection and its call task: a bounded
-//! inbox of request body bytes filled by the connection, and a bounded
-//! outbox of response headers, body and trailers drained by the connection.
+//! inbox of request body bytes filled by the connection, and an outbox of
+//! response headers, body and trailers drained by the connection.
 //!
 //! This is the transport seam: the call's end ([`CallStream`]) is the same
 //! whichever transport feeds the other end ([`ConnStream`]): an HTTP/3
@@ -9,29 +9,46 @@
 //! `ConnWaker` (flush.rs) and never knows which it is.
 //!
 //! The state is private; each side changes it only through its own end:
-//! [`ConnStream`] (the connection: request bytes in, response out to the
-//! transport, aborts) and [`CallStream`] (the call task: request bytes out,
-//! response in). Both directions are bounded so backpressure holds end to
-//! end: a full inbox leaves data in the transport (QUIC or HTTP/2 flow
-//! control stops the client); a full outbox stops the call task reading
-//! from the component's HTTP/2 stream (HTTP/2 flow control stops the
-//! component). Shard-local: `Rc`/`RefCell`, no locks, and no borrow is held
-//! across an await.
+//! [`ConnStream`] (the connection: request bytes in, response out to quiche,
+//! aborts) and [`CallStream`] (the call task: request bytes out, response
+//! in). Both directions are bounded so backpressure holds end to end: a full
+//! inbox leaves data in quiche (QUIC flow control stops the client); the
+//! outbox holds what the component sent within its HTTP/2 window, which the
+//! call opens again only as quiche takes the bytes ([`CallStream::poll_drained`]),
+//! so HTTP/2 flow control stops the component. Every buffered byte is
+//! counted in the connection's and the shard's budget (limits.rs).
+//!
+//! The response body is followed message by message: the incomplete tail
+//! of a message (up to [`HOLD_BACK`]) waits in the outbox until the message
+//! is whole, so a call cut short (deadline, budget) ends on a message
+//! boundary with its status in trailers ([`CallStream::cut_to_message`]),
+//! or, when part of a message has already gone, with a stream reset.
+//! Shard-local: `Rc`/`RefCell`, no locks, and no borrow is held across an
+//! await.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use quiche::h3::Header;
 
-/// Bytes buffered per stream in each direction before pushing back.
+use super::grpc::MessageCursor;
+use super::limits::ConnBudget;
+
+/// Request bytes buffered per stream before pushing back.
 pub const STREAM_BUFFER: usize = 256 * 1024;
+/// The most of an incomplete response message kept back from quiche; a
+/// longer message streams through as it comes (a call cut inside it is
+/// reset).
+pub const HOLD_BACK: usize = 8 * 1024;
+/// Bytes quiche takes before the call gives them back to HTTP/2 flow
+/// control, unless nothing more may go now (fewer, larger WINDOW_UPDATEs).
+const RELEASE_BATCH: usize = 16 * 1024;
 
 /// The shared state of one stream (private: see the two ends).
-#[derive(Default)]
 struct StreamIo {
     // Request direction (client → component).
     inbox: VecDeque<Bytes>,
@@ -46,12 +63,23 @@ struct StreamIo {
     out_headers: Option<Vec<Header>>,
     /// The headers end the response (trailers-only or an HTTP error).
     out_headers_fin: bool,
+    /// Body bytes from `written` to `pushed`.
     outbox: VecDeque<Bytes>,
-    outbox_bytes: usize,
+    /// Body offsets: pushed by the call, taken by quiche, and the end of
+    /// the last whole message pushed.
+    pushed: u64,
+    written: u64,
+    boundary: u64,
+    /// Body bytes quiche took that the call has not given back to HTTP/2.
+    drained: usize,
+    /// Follows the messages quiche took: whether they end on a boundary.
+    written_messages: MessageCursor,
     out_trailers: Option<Vec<Header>>,
+    /// The call ends the response with a reset (this code), not trailers.
+    out_reset: Option<u64>,
     /// The response was started (headers handed to quiche).
     headers_sent: bool,
-    /// The response was completed (FIN handed to quiche).
+    /// The response was completed (FIN or reset handed to quiche).
     finished: bool,
     writer: Option<Waker>,
     /// The call task waiting for nothing but an abort.
@@ -60,14 +88,44 @@ struct StreamIo {
     /// The client reset the stream or stopped reading it, or the
     /// connection closed: the call is over.
     aborted: bool,
+    /// Bumped whenever bytes move either way (the call's idle timeout).
+    activity: u64,
+    budget: Rc<ConnBudget>,
 }
 
 /// Opens a stream whose request headers just arrived (its body, if any,
-/// is still in quiche): the connection's end and the call's end.
+/// is still in quiche): the connection's end and the call's end. Its bytes
+/// count in no budget.
+#[cfg(test)]
 pub fn open() -> (ConnStream, CallStream) {
+    open_in(ConnBudget::unlimited())
+}
+
+/// [`open`], its buffered bytes counted in `budget`.
+pub fn open_in(budget: Rc<ConnBudget>) -> (ConnStream, CallStream) {
     let io = Rc::new(RefCell::new(StreamIo {
+        inbox: VecDeque::new(),
+        inbox_bytes: 0,
+        request_fin: false,
         body_pending: true,
-        ..StreamIo::default()
+        reader: None,
+        out_headers: None,
+        out_headers_fin: false,
+        outbox: VecDeque::new(),
+        pushed: 0,
+        written: 0,
+        boundary: 0,
+        drained: 0,
+        written_messages: MessageCursor::default(),
+        out_trailers: None,
+        out_reset: None,
+        headers_sent: false,
+        finished: false,
+        writer: None,
+        watcher: None,
+        aborted: false,
+        activity: 0,
+        budget,
     }));
     (ConnStream(Rc::clone(&io)), CallStream(io))
 }
@@ -96,6 +154,38 @@ impl StreamIo {
     fn inbox_has_room(&self) -> bool {
         self.inbox_bytes < STREAM_BUFFER
     }
+
+    fn outbox_bytes(&self) -> usize {
+        (self.pushed - self.written) as usize
+    }
+
+    /// Where quiche may write up to: the last whole message, or all that
+    /// was pushed once the tail outgrows [`HOLD_BACK`] or the body ended.
+    fn visible(&self) -> u64 {
+        if self.out_trailers.is_some() || self.pushed - self.boundary > HOLD_BACK as u64 {
+            self.pushed
+        } else {
+            self.boundary
+        }
+    }
+
+    /// Drops every buffered byte (the call is over), giving its budget back.
+    fn drop_buffers(&mut self) {
+        let held = self.inbox_bytes + self.outbox_bytes();
+        self.inbox.clear();
+        self.inbox_bytes = 0;
+        self.outbox.clear();
+        self.pushed = self.written;
+        self.boundary = self.written;
+        self.budget.refund(held);
+    }
+}
+
+impl Drop for StreamIo {
+    fn drop(&mut self) {
+        self.budget
+            .refund(self.inbox_bytes + (self.pushed - self.written) as usize);
+    }
 }
 
 /// The connection's end: request body in from quiche, response out to it.
@@ -107,20 +197,27 @@ impl ConnStream {
         self.0.borrow_mut().body_pending = true;
     }
 
-    /// Whether quiche holds body bytes and the inbox has room for them.
+    /// Whether quiche holds body bytes and the inbox (and the connection's
+    /// budget) has room for them.
     pub fn wants_body(&self) -> bool {
         let s = self.0.borrow();
-        s.body_pending && s.inbox_has_room()
+        s.body_pending && s.inbox_has_room() && !s.budget.conn_full()
     }
 
     pub fn inbox_has_room(&self) -> bool {
-        self.0.borrow().inbox_has_room()
+        let s = self.0.borrow();
+        s.inbox_has_room() && !s.budget.conn_full()
     }
 
     /// Request body bytes for the call.
     pub fn push_inbound(&self, data: Bytes) {
         let mut s = self.0.borrow_mut();
+        if s.aborted {
+            return;
+        }
+        s.budget.charge(data.len());
         s.inbox_bytes += data.len();
+        s.activity += 1;
         s.inbox.push_back(data);
         s.wake_reader();
     }
@@ -139,11 +236,12 @@ impl ConnStream {
         s.wake_reader();
     }
 
-    /// The connection is gone or the client gave up: wakes every waiter of
-    /// the call.
+    /// The connection is gone or the client gave up: drops what the stream
+    /// buffered and wakes every waiter of the call.
     pub fn abort(&self) {
         let mut s = self.0.borrow_mut();
         s.aborted = true;
+        s.drop_buffers();
         s.wake_reader();
         s.wake_writer();
         if let Some(w) = s.watcher.take() {
@@ -151,15 +249,40 @@ impl ConnStream {
         }
     }
 
-    /// Something for quiche: headers, body or trailers not yet written.
+    /// Something for quiche: headers, body, trailers or a reset not yet
+    /// written.
     pub fn has_output(&self) -> bool {
         let s = self.0.borrow();
-        !s.finished && (s.out_headers.is_some() || !s.outbox.is_empty() || s.out_trailers.is_some())
+        !s.finished
+            && (s.out_headers.is_some()
+                || s.written < s.visible()
+                || s.out_trailers.is_some()
+                || s.out_reset.is_some())
     }
 
-    /// Whether response body bytes wait (not headers or trailers alone).
+    /// Whether response body bytes may be written (not headers or
+    /// trailers alone).
     pub fn has_body(&self) -> bool {
-        !self.0.borrow().outbox.is_empty()
+        let s = self.0.borrow();
+        s.written < s.visible()
+    }
+
+    /// The reset the call ended the response with, if it waits: the
+    /// connection resets the stream with this code ([`ConnStream::reset_sent`]).
+    pub fn take_reset(&self) -> Option<u64> {
+        let s = self.0.borrow();
+        if s.finished {
+            return None;
+        }
+        s.out_reset
+    }
+
+    /// The stream was reset: the response is over.
+    pub fn reset_sent(&self) {
+        let mut s = self.0.borrow_mut();
+        s.finished = true;
+        s.drop_buffers();
+        s.wake_writer();
     }
 
     /// The response headers to write, if they wait, and whether they end
@@ -185,58 +308,86 @@ impl ConnStream {
         self.0.borrow_mut().out_headers = Some(headers);
     }
 
-    /// Takes queued response body as one owned piece of at most `max`
-    /// bytes (for a transport that takes `Bytes`: HTTP/2), then wakes a
-    /// call waiting for room. `None` when nothing waits or `max` is 0.
+    /// Takes response body that may go (see the module doc) as one owned
+    /// piece of at most `max` bytes (for a transport that takes `Bytes`:
+    /// HTTP/2), then wakes a call waiting for its bytes to drain. `None`
+    /// when nothing may go or `max` is 0.
     pub fn take_body(&self, max: usize) -> Option<Bytes> {
         let mut guard = self.0.borrow_mut();
         let s = &mut *guard;
-        let chunk = s.outbox.front_mut().filter(|_| max > 0)?;
-        let piece = if chunk.len() <= max {
+        let allowed = ((s.visible() - s.written) as usize).min(max);
+        if allowed == 0 {
+            return None;
+        }
+        let chunk = s.outbox.front_mut()?;
+        let piece = if chunk.len() <= allowed {
             s.outbox.pop_front()?
         } else {
-            chunk.split_to(max)
+            chunk.split_to(allowed)
         };
-        s.outbox_bytes -= piece.len();
+        let n = piece.len();
+        let _ = s.written_messages.feed(&piece, |_| Ok::<(), ()>(()));
+        s.written += n as u64;
+        s.drained += n;
+        s.activity += 1;
+        s.budget.refund(n);
         s.wake_writer();
         Some(piece)
     }
 
-    /// Bytes of response body waiting.
+    /// Bytes of response body that may go now.
     pub fn body_len(&self) -> usize {
-        self.0.borrow().outbox_bytes
+        let s = self.0.borrow();
+        (s.visible() - s.written) as usize
     }
 
-    /// Writes queued body bytes through `write` (which returns how many it
-    /// took, or `None` when it took nothing and the write should stop) until
-    /// the outbox is empty or `write` stops; then wakes a call waiting for
-    /// room. Returns `false` if `write` failed the stream (`Err`).
+    /// Writes queued body bytes (up to what may go, see the module doc)
+    /// through `write` (which returns how many it took, or `None` when it
+    /// took nothing and the write should stop) until nothing more may go or
+    /// `write` stops; then wakes a call waiting for its bytes to drain.
+    /// Returns `false` if `write` failed the stream (`Err`).
     pub fn write_body(&self, mut write: impl FnMut(&[u8]) -> Result<Option<usize>, ()>) -> bool {
         let mut guard = self.0.borrow_mut();
         let s = &mut *guard;
-        while let Some(chunk) = s.outbox.front_mut() {
-            match write(chunk) {
+        let visible = s.visible();
+        let mut taken = 0;
+        while s.written < visible {
+            let Some(chunk) = s.outbox.front_mut() else {
+                break;
+            };
+            let allowed = chunk.len().min((visible - s.written) as usize);
+            match write(&chunk[..allowed]) {
                 Ok(Some(n)) => {
-                    s.outbox_bytes -= n;
+                    let n = n.min(allowed);
+                    let _ = s.written_messages.feed(&chunk[..n], |_| Ok::<(), ()>(()));
+                    s.written += n as u64;
+                    taken += n;
                     if n == chunk.len() {
                         s.outbox.pop_front();
                     } else {
                         let _ = chunk.split_to(n);
-                        break;
+                        if n < allowed {
+                            break; // quiche took what it could
+                        }
                     }
                 }
                 Ok(None) => break,
                 Err(()) => return false,
             }
         }
-        s.wake_writer();
+        if taken > 0 {
+            s.drained += taken;
+            s.activity += 1;
+            s.budget.refund(taken);
+            s.wake_writer();
+        }
         true
     }
 
     /// The trailers to write once the body is out, if they wait.
     pub fn take_trailers(&self) -> Option<Vec<Header>> {
         let mut s = self.0.borrow_mut();
-        if !s.outbox.is_empty() {
+        if s.written < s.pushed {
             return None;
         }
         s.out_trailers.take()
@@ -295,6 +446,7 @@ impl CallStream {
             }
             if let Some(data) = s.inbox.pop_front() {
                 s.inbox_bytes -= data.len();
+                s.budget.refund(data.len());
                 return Poll::Ready(Inbound::Data(data));
             }
             if s.request_fin && !s.body_pending {
@@ -314,17 +466,93 @@ impl CallStream {
         s.out_headers = Some(headers);
     }
 
-    /// A piece of response body (the outbox may go over its bound by one
-    /// piece: wait for [`CallStream::writable`] before the next).
+    /// A piece of response body that ends on a message boundary (or is not
+    /// gRPC framed): it may all go.
+    #[cfg(test)]
     pub fn push_outbound(&self, chunk: Bytes) {
+        let len = chunk.len();
+        self.push_body(chunk, Some(len));
+    }
+
+    /// A piece of response body; `boundary` is the offset in it just past
+    /// the last message that ends in it, if one does.
+    pub fn push_body(&self, chunk: Bytes, boundary: Option<usize>) {
         let mut s = self.0.borrow_mut();
-        s.outbox_bytes += chunk.len();
+        if s.aborted || s.finished || chunk.is_empty() {
+            return;
+        }
+        s.budget.charge(chunk.len());
+        if let Some(b) = boundary {
+            s.boundary = s.pushed + b as u64;
+        }
+        s.pushed += chunk.len() as u64;
+        s.activity += 1;
         s.outbox.push_back(chunk);
     }
 
-    /// The trailers ending the response.
+    /// The trailers ending the response (everything pushed may go first).
     pub fn send_trailers(&self, trailers: Vec<Header>) {
         self.0.borrow_mut().out_trailers = Some(trailers);
+    }
+
+    /// Ends the body at the last whole message: drops the incomplete tail
+    /// not yet written. False when part of an incomplete message already
+    /// went to quiche: then only a reset ends the response cleanly.
+    pub fn cut_to_message(&self) -> bool {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        if s.written > s.boundary {
+            return false;
+        }
+        let mut keep = (s.boundary - s.written) as usize;
+        let dropped = (s.pushed - s.boundary) as usize;
+        let mut kept = VecDeque::with_capacity(s.outbox.len());
+        while keep > 0 {
+            let Some(mut chunk) = s.outbox.pop_front() else {
+                break;
+            };
+            if chunk.len() > keep {
+                chunk.truncate(keep);
+            }
+            keep -= chunk.len();
+            kept.push_back(chunk);
+        }
+        s.outbox = kept;
+        s.pushed = s.boundary;
+        s.budget.refund(dropped);
+        true
+    }
+
+    /// Drops every body byte not yet written (the call is ended for holding
+    /// them). False when what was written ends inside a message: then only
+    /// a reset ends the response cleanly.
+    pub fn drop_unsent(&self) -> bool {
+        let mut guard = self.0.borrow_mut();
+        let s = &mut *guard;
+        if !s.written_messages.at_boundary() {
+            return false;
+        }
+        let unsent = s.outbox_bytes();
+        s.outbox.clear();
+        s.pushed = s.written;
+        s.boundary = s.written;
+        s.budget.refund(unsent);
+        true
+    }
+
+    /// Ends the response with a stream reset (`code`) instead of trailers,
+    /// dropping what was not written.
+    pub fn reset(&self, code: u64) {
+        let mut s = self.0.borrow_mut();
+        if s.aborted || s.finished {
+            return;
+        }
+        s.out_reset = Some(code);
+        let unsent = s.outbox_bytes();
+        s.outbox.clear();
+        s.pushed = s.written;
+        s.boundary = s.written;
+        s.budget.refund(unsent);
     }
 
     /// Whether the response was started: headers queued or written.
@@ -337,17 +565,62 @@ impl CallStream {
     /// response is complete.
     pub fn is_over(&self) -> bool {
         let s = self.0.borrow();
-        s.aborted || s.finished
+        s.aborted || s.finished || s.out_reset.is_some()
     }
 
-    /// Waits until the outbox has room (or the stream is aborted: false).
+    /// Whether the client gave up on the call.
+    pub fn is_aborted(&self) -> bool {
+        self.0.borrow().aborted
+    }
+
+    /// Whether response bytes wait for the client to take them.
+    pub fn holds_bytes(&self) -> bool {
+        let s = self.0.borrow();
+        s.pushed > s.written
+    }
+
+    /// Response bytes quiche has taken so far.
+    pub fn written(&self) -> u64 {
+        self.0.borrow().written
+    }
+
+    /// A count that changes whenever bytes move either way.
+    pub fn activity(&self) -> u64 {
+        self.0.borrow().activity
+    }
+
+    /// The connection's and shard's budget this stream counts in.
+    pub fn budget(&self) -> Rc<ConnBudget> {
+        Rc::clone(&self.0.borrow().budget)
+    }
+
+    /// Ready with the number of body bytes quiche took since the last
+    /// call (to give back to HTTP/2 flow control), once there are enough
+    /// of them or the outbox is empty; `None` if the stream was aborted.
+    pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        let mut s = self.0.borrow_mut();
+        if s.aborted {
+            return Poll::Ready(None);
+        }
+        // Once quiche took all it may, everything goes back: a held-back
+        // tail must never keep the window shut (HOLD_BACK < the window).
+        if s.drained >= RELEASE_BATCH || (s.drained > 0 && s.written == s.visible()) {
+            return Poll::Ready(Some(std::mem::take(&mut s.drained)));
+        }
+        s.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Waits until the outbox holds less than [`STREAM_BUFFER`] (or the
+    /// stream is aborted: false).
+    #[cfg(test)]
     pub async fn writable(&self) -> bool {
         poll_fn(|cx| {
             let mut s = self.0.borrow_mut();
             if s.aborted {
                 return Poll::Ready(false);
             }
-            if s.outbox_bytes < STREAM_BUFFER {
+            if s.outbox_bytes() < STREAM_BUFFER {
                 return Poll::Ready(true);
             }
             s.writer = Some(cx.waker().clone());

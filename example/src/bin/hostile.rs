@@ -469,6 +469,7 @@ fn serve() -> std::process::ExitCode {
             health: HealthMode::Serving,
             max_message_size: None,
             shutdown_grace: Some(Duration::from_millis(100)),
+            max_concurrent_streams: None,
         };
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -143,7 +143,34 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &[],
     ),
+    (
+        "vimanad_call_buffered_bytes",
+        "Request and response bytes buffered for calls now",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "vimanad_call_limit_hits_total",
+        "Calls, streams and connections stopped by a data-plane limit, by limit",
+        MetricType::COUNTER,
+        &["limit"],
+    ),
 ];
+
+/// The `limit` label of each counter in `LimitMetrics`.
+fn limit_hits(l: &crate::pool::metrics::LimitMetrics) -> [(&'static str, u64); 9] {
+    [
+        ("buffer_budget", l.calls_over_budget.get()),
+        ("early_reset", l.early_resets.get()),
+        ("reset_flood", l.reset_floods.get()),
+        ("dropped_before_upstream", l.dropped_before_upstream.get()),
+        ("header_section", l.headers_too_large.get()),
+        ("idle_timeout", l.idle_timeouts.get()),
+        ("upstream_queue_full", l.upstream_queue_full.get()),
+        ("upstream_wait", l.upstream_wait_timeouts.get()),
+        ("response_reset", l.responses_reset.get()),
+    ]
+}
 
 impl Collector {
     pub fn new(node: Arc<NodeMetrics>) -> Self {
@@ -336,4 +363,8 @@ fn shard_series(families: &mut [Vec<Metric>], s: &str, shard: &ShardMetrics) {
         families[18].push(counter(&[("shard", s), ("event", event)], n.get()));
     }
     families[19].push(counter(&only, shard.h2_reset_before_call.get()));
+    families[20].push(gauge(&only, shard.limits.buffered_bytes.get()));
+    for (limit, n) in limit_hits(&shard.limits) {
+        families[21].push(counter(&[("shard", s), ("limit", limit)], n));
+    }
 }

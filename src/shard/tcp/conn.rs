@@ -130,6 +130,8 @@ where
 {
     let counters = Rc::clone(&server.shared.counters);
     let shard = server.shard;
+    // The connection's calls' buffered bytes, counted in the shard's budget.
+    let buffers = server.shared.conn_budget();
     let mut conn = match within(
         handshake_timeout,
         builder(&server).handshake::<_, Bytes>(io),
@@ -232,18 +234,20 @@ where
                     continue;
                 }
                 active.set(active.get() + 1);
-                let (server, active, budget, abuse, signal) = (
+                let (server, active, budget, abuse, signal, buffers) = (
                     Rc::clone(&server),
                     Rc::clone(&active),
                     Rc::clone(&budget),
                     Rc::clone(&abuse),
                     Rc::clone(&signal),
+                    Rc::clone(&buffers),
                 );
                 glommio::spawn_local(async move {
                     let ended = stream::serve(
                         request,
                         respond,
                         &server.shared,
+                        &buffers,
                         &server.alt_svc,
                         server.shard,
                     )

