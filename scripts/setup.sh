@@ -20,6 +20,7 @@ packages=(
     iproute2          # `ip`, in the downstream tests' loopback-only CNI
     prometheus        # a real scraper of /metrics (and promtool) in the tests
     curl              # an HTTP/2 client for the non-gRPC cases over TCP (tests/h2_data_plane.rs)
+    nghttp2-client    # h2load: drives vimanad and Caddy over HTTP/2 + TLS (scripts/bench-h2.sh)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -55,6 +56,12 @@ fi
 if ! python3 -c 'import websockets' 2>/dev/null; then
     python3 -m pip install --quiet websockets ||
         python3 -m pip install --quiet --break-system-packages websockets
+fi
+# h2 (the Python HTTP/2 library): a client that never reads its responses
+# over HTTP/2 (tests/peers/h2_stall.py, tests/h2_abuse.rs).
+if ! python3 -c 'import h2' 2>/dev/null; then
+    python3 -m pip install --quiet h2 ||
+        python3 -m pip install --quiet --break-system-packages h2
 fi
 # grpcio: a CRI client nobody here wrote (tests/cri_clients.rs), sending
 # its own default :authority on unix sockets; and the HTTP/2 + TLS data-plane

@@ -34,7 +34,7 @@ enum Command {
     Image(ImageCommand),
     /// A small CRI client: run, list and remove pods.
     Cri(cli::cri::CriArgs),
-    /// Make one gRPC call over HTTP/3.
+    /// Make one gRPC call over HTTP/3 (or HTTP/2 over TLS: --transport h2).
     Call(cli::call::CallArgs),
     /// Show a running node's pod pool: domains, services, versions,
     /// endpoints with their outstanding calls per shard (/debug/pool).

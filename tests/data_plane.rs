@@ -123,22 +123,167 @@ async fn garbage_datagrams_do_not_hurt_a_shard() {
     assert_eq!(out.trim(), "ok");
 }
 
+/// One `vimanad call` case: its arguments, the exit code, and a check of
+/// stdout and stderr (given the transport, for what only one of them shows).
+struct CallCase {
+    name: &'static str,
+    authority: &'static str,
+    path: &'static str,
+    args: Vec<String>,
+    code: i32,
+    check: Box<dyn Fn(Transport, &str, &str)>,
+}
+
+/// `vimanad call` over HTTP/3 (the default) and `--transport h2` from one
+/// table: the same flags, output and exit codes on both.
 #[tokio::test]
-async fn vimanad_call_reports_messages_and_statuses() {
-    let mut node = Node::start().await;
+async fn vimanad_call_over_h3_and_h2() {
+    // The test certificate, so `--ca` can verify it on both transports.
+    let mut node = common::peers::start_for(Transport::H2, &[]).await;
     node.running_pod("a", V1).await;
-    let (code, out, err) = vimanad_call(
-        &node,
-        "example.com",
-        UNARY,
-        &["--text", "hello", "--output", "text", "-v"],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "hello");
-    assert!(err.contains("grpc-status: 0"), "{err}");
-    let (code, _, err) = vimanad_call(&node, "nope.example", UNARY, &["--text", "x"]);
-    assert_eq!(code, 12, "{err}");
-    assert!(err.contains("nope.example"), "{err}");
+    let ca = common::peers::node_cert(&node).display().to_string();
+    let port = node.listen.port();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let stream = hex_of(&pb::StreamRequest {
+        message: "s".into(),
+        count: 3,
+        interval_ms: 0,
+    });
+    let fail = hex_of(&pb::EchoRequest {
+        fail_code: 9,
+        fail_message: "not now: 50% off".into(),
+        ..Default::default()
+    });
+    let slow = hex_of(&pb::EchoRequest {
+        message: "late".into(),
+        sleep_ms: 5000,
+        ..Default::default()
+    });
+    let cases = vec![
+        CallCase {
+            name: "unary, verbose",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&["--text", "hello", "--output", "text", "-v"]),
+            code: 0,
+            check: Box::new(move |t, out, err| {
+                assert_eq!(out.trim(), "hello");
+                assert!(err.contains("grpc-status: 0 (OK)"), "{err}");
+                assert!(err.contains("< content-type: application/grpc"), "{err}");
+                match t {
+                    Transport::H3 => assert!(err.contains("(HTTP/3)"), "{err}"),
+                    Transport::H2 => {
+                        assert!(err.contains("(HTTP/2 over TLS)"), "{err}");
+                        let alt_svc = format!("< alt-svc: h3=\":{port}\"");
+                        assert!(err.contains(&alt_svc), "{err}");
+                    }
+                }
+            }),
+        },
+        CallCase {
+            name: "server streaming",
+            authority: "example.com",
+            path: "/vimana.example.v1.Echo/ServerStream",
+            args: args(&["--data-hex", &stream, "--output", "text"]),
+            code: 0,
+            check: Box::new(|_, out, _| assert_eq!(out, "s\ns\ns\n")),
+        },
+        CallCase {
+            name: "an error status and its message",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&["--data-hex", &fail]),
+            code: 9,
+            check: Box::new(|_, out, err| {
+                assert_eq!(out, "");
+                let want = "grpc-status: 9 (FAILED_PRECONDITION) grpc-message: not now: 50% off";
+                assert!(err.contains(want), "{err}");
+            }),
+        },
+        CallCase {
+            name: "metadata and trailers",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&[
+                "--text",
+                "m",
+                "-H",
+                "x-trace: t-1",
+                "-H",
+                "x-echo-trailer: back",
+                "-H",
+                "vimana-version: 1.0.0",
+                "-v",
+            ]),
+            code: 0,
+            check: Box::new(|_, out, err| {
+                let reply: pb::EchoReply =
+                    prost::Message::decode(&hex::decode(out.trim()).unwrap()[..]).unwrap();
+                assert_eq!(reply.message, "m");
+                assert_eq!(
+                    reply.metadata.get("x-trace").map(String::as_str),
+                    Some("t-1")
+                );
+                assert!(err.contains("> x-trace: t-1"), "{err}");
+                assert!(err.contains("< x-echo-trailer: back"), "{err}");
+            }),
+        },
+        CallCase {
+            name: "a deadline",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&["--data-hex", &slow, "--timeout", "300ms"]),
+            code: 4,
+            check: Box::new(|_, out, err| {
+                assert_eq!(out, "");
+                assert!(err.contains("DEADLINE_EXCEEDED"), "{err}");
+            }),
+        },
+        CallCase {
+            name: "no such component",
+            authority: "nope.example",
+            path: UNARY,
+            args: args(&["--text", "x"]),
+            code: 12,
+            check: Box::new(|_, _, err| assert!(err.contains("nope.example"), "{err}")),
+        },
+        CallCase {
+            name: "--ca verifies the node's certificate",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&["--ca", &ca, "--text", "verified", "--output", "text"]),
+            code: 0,
+            check: Box::new(|_, out, _| assert_eq!(out.trim(), "verified")),
+        },
+        CallCase {
+            name: "--ca refuses a name the certificate is not for",
+            authority: "example.com",
+            path: UNARY,
+            args: args(&["--ca", &ca, "--server-name", "wrong.invalid", "--text", "x"]),
+            code: 1,
+            check: Box::new(|_, out, err| {
+                assert_eq!(out, "");
+                assert!(err.contains("certificate not accepted"), "{err}");
+            }),
+        },
+    ];
+    for transport in [Transport::H3, Transport::H2] {
+        for case in &cases {
+            let mut args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+            if transport == Transport::H2 {
+                args.extend(["--transport", "h2"]);
+            }
+            let started = Instant::now();
+            let (code, out, err) = vimanad_call(&node, case.authority, case.path, &args);
+            let what = format!("{} over {transport:?}", case.name);
+            assert_eq!(code, case.code, "{what}: {err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{what}: at once"
+            );
+            (case.check)(transport, &out, &err);
+        }
+    }
 }
 
 #[tokio::test]

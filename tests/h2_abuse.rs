@@ -1,12 +1,15 @@
 //! HTTP/2 from the attacker's side: rapid reset, oversized headers, idle
-//! and silent connections, against the real binary.
+//! and silent connections, clients that never read, against the real binary.
 
 mod common;
 
+use std::time::Duration;
+
 use common::matrix::{echo, unary_call, UNARY, V1};
-use common::peers::{peer, run_script, start_for, Transport};
+use common::peers::{node_cert, peer, run_script, start_for, tls_args, Transport};
 use common::*;
 use serde_json::json;
+use vimana_example::pb;
 
 fn raw(node: &Node, spec: serde_json::Value) -> serde_json::Value {
     let mut spec = spec;
@@ -113,6 +116,165 @@ async fn idle_and_silent_connections_are_closed() {
         (0.9..6.0).contains(&after),
         "closed by the handshake timeout: {silent}"
     );
+}
+
+const SERVER_STREAM: &str = "/vimana.example.v1.Echo/ServerStream";
+
+#[tokio::test]
+async fn clients_that_never_read_hold_bounded_memory_and_then_get_resource_exhausted() {
+    // One shard, small budgets: 4 connections of 64 calls that never open
+    // their window could make the component send 25 GB; each connection may
+    // hold 2 MiB, the shard 6 MiB (above 4 MiB held, the shard gives the
+    // memory back to the system once its buffers empty: limits.rs).
+    const CONN_LIMIT: u64 = 2 << 20;
+    const SHARD_LIMIT: u64 = 6 << 20;
+    const GRACE_S: f64 = 1.0;
+    let (conn_limit, shard_limit) = (CONN_LIMIT.to_string(), SHARD_LIMIT.to_string());
+    let mut args = vec![
+        "--max-streams",
+        "64",
+        "--conn-buffer-limit",
+        &conn_limit,
+        "--shard-buffer-limit",
+        &shard_limit,
+        "--buffer-grace",
+        "1s",
+    ];
+    let tls = tls_args();
+    args.extend(tls.iter().map(String::as_str));
+    let mut node = Node::start_configured(1, "info", &args).await;
+    node.running_pod("a", V1).await;
+    let pid = node.process.id();
+    // Warm: the pool's connection to the component and the first TLS session.
+    well_behaved(&node, 20);
+    let before = rss_kib(pid);
+
+    // Each call asks for 100 MB of 256-byte messages; its window is 0 bytes.
+    let flood = hex_of(&pb::StreamRequest {
+        message: "s".repeat(256),
+        count: 400_000,
+        interval_ms: 0,
+    });
+    let (connections, streams) = (4usize, 64usize);
+    let spec = json!({
+        "connect": node.listen.to_string(), "authority": "example.com",
+        "ca_cert": node_cert(&node).display().to_string(),
+        "path": SERVER_STREAM, "message_hex": flood, "window": 0,
+        "connections": connections, "streams": streams, "hold_s": 4,
+    });
+    let abuser = std::thread::spawn(move || run_script("tests/peers/h2_stall.py", &spec));
+    // Beside the abuser: unary calls and a whole stream, read as they come.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut peak = rss_kib(pid);
+    let buffered = metric(&node, "vimanad_call_buffered_bytes");
+    well_behaved(&node, 20);
+    let stream = hex_of(&pb::StreamRequest {
+        message: "w".repeat(1024),
+        count: 2_000,
+        interval_ms: 0,
+    });
+    let calls = json!([{ "path": SERVER_STREAM, "messages_hex": [stream] }]);
+    let r = &peer(Transport::H2, &node, "example.com", calls, false)[0];
+    assert_eq!(r["grpc_status"], 0, "a reading client's stream: {r}");
+    assert_eq!(r["messages_hex"].as_array().unwrap().len(), 2_000);
+    peak = peak.max(rss_kib(pid));
+
+    let result = abuser.join().unwrap();
+    let calls = result["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), connections * streams, "{}", result["errors"]);
+    let exhausted = calls.iter().filter(|c| c["grpc_status"] == 8).count();
+    let summary = |c: &serde_json::Value| {
+        let end = (&c["grpc_status"], &c["reset_code"], &c["partial_bytes"]);
+        format!("status {} reset {} bytes {}", end.0, end.1, end.2)
+    };
+
+    let mut kinds = std::collections::BTreeMap::new();
+    for c in calls {
+        *kinds.entry(summary(c)).or_insert(0) += 1;
+    }
+    eprintln!("never-reading calls: {kinds:?}");
+    for c in calls {
+        // While a budget is spent, calls end with RESOURCE_EXHAUSTED after
+        // the grace period (nothing of a message went through a closed
+        // window), or are reset. Once it no longer is, the calls left hold
+        // what their budget allows until the client leaves.
+        if c["ended_after_s"].is_null() {
+            assert!(
+                c["grpc_status"].is_null() && c["reset_code"].is_null(),
+                "{c}"
+            );
+            continue;
+        }
+        let status = &c["grpc_status"];
+        assert!(
+            (*status == 8 && c["partial_bytes"] == 0) || !c["reset_code"].is_null(),
+            "{c}"
+        );
+        let ended = c["ended_after_s"].as_f64().unwrap();
+        assert!(ended >= GRACE_S * 0.9, "not before the grace period: {c}");
+    }
+    let counted = metric(
+        &node,
+        "vimanad_call_limit_hits_total{limit=\"buffer_budget\"",
+    );
+    // The abuser left: what it held is given back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = rss_kib(pid);
+    let held_after = metric(&node, "vimanad_call_buffered_bytes");
+    eprintln!(
+        "never-reading calls: {} ({exhausted} RESOURCE_EXHAUSTED, {counted} counted); \
+         vimanad RSS {before} KiB before, peak {peak} KiB, {after} KiB after; \
+         {buffered} bytes buffered during, {held_after} after",
+        calls.len()
+    );
+    assert!(
+        exhausted >= calls.len() / 4,
+        "calls ended for their budget: {exhausted}"
+    );
+    assert!(counted >= exhausted as f64, "and counted: {counted}");
+    // At most every connection's budget (the shard's is enforced by ending
+    // calls), beside the per-stream state of TLS and HTTP/2.
+    let budget_kib = (connections as u64 * CONN_LIMIT) / 1024;
+    let per_stream_state_kib = (connections * streams) as u64 * 32;
+    assert!(
+        peak.saturating_sub(before) < budget_kib + per_stream_state_kib + 16 * 1024,
+        "RSS grew by {} KiB; the budget is {budget_kib} KiB",
+        peak - before
+    );
+    assert!(
+        buffered <= (connections as u64 * CONN_LIMIT) as f64,
+        "{buffered} bytes held"
+    );
+    assert_eq!(held_after, 0.0, "nothing stays buffered");
+    assert!(
+        after <= before + budget_kib / 2,
+        "RSS back down after the abuser left: {before} KiB before, {after} KiB after"
+    );
+}
+
+/// `n` unary calls over grpcio, one connection: every one served.
+fn well_behaved(node: &Node, n: usize) {
+    let calls: Vec<_> = (0..n).map(|i| unary_call(&format!("ok {i}"))).collect();
+    for r in peer(Transport::H2, node, "example.com", json!(calls), false) {
+        assert_eq!(r["grpc_status"], 0, "a well-behaved call: {r}");
+    }
+}
+
+/// The sum of the node's samples of `series` (`name` or `name{label`).
+fn metric(node: &Node, series: &str) -> f64 {
+    let (name, label) = series.split_once('{').unwrap_or((series, ""));
+    http_get(node.metrics_addr(), "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// A plain HTTP/1.1 GET; the body.

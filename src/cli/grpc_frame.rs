@@ -1,8 +1,9 @@
 //! gRPC wire helpers for `vimanad call`: the 5-byte message prefix
 //! (compressed flag + u32 big-endian length) with an incremental decoder that
-//! reassembles messages split across HTTP/3 DATA frames (or packed several to
-//! a frame); the bit of protobuf the `--text` shorthand needs; and metadata:
-//! `-H` parsing, grpc-timeout, status names, grpc-message decoding.
+//! reassembles messages split across HTTP/3 or HTTP/2 DATA frames (or packed
+//! several to a frame); the bit of protobuf the `--text` shorthand needs; and
+//! metadata: `-H` parsing, grpc-timeout, status names, grpc-message decoding,
+//! the status of a stream reset (HTTP/3 and HTTP/2 codes).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -203,7 +204,7 @@ pub fn parse_header(raw: &str) -> Result<(String, String), String> {
     ];
     if CONNECTION_SPECIFIC.contains(&name.as_str()) {
         return Err(format!(
-            "header {name:?} is connection-specific: not allowed in HTTP/3"
+            "header {name:?} is connection-specific: not allowed in HTTP/2 or HTTP/3"
         ));
     }
     Ok((name, value))
@@ -257,6 +258,18 @@ pub fn reset_status(h3_code: u64) -> u32 {
         0x10b => 14, // H3_REQUEST_REJECTED -> UNAVAILABLE
         0x107 => 8,  // H3_EXCESSIVE_LOAD -> RESOURCE_EXHAUSTED
         _ => 13,     // INTERNAL
+    }
+}
+
+/// The gRPC status a client reports when the server resets the stream with
+/// this HTTP/2 error code (gRPC's PROTOCOL-HTTP2 mapping).
+pub fn h2_reset_status(h2_code: u32) -> u32 {
+    match h2_code {
+        0x8 => 1,  // CANCEL -> CANCELLED
+        0x7 => 14, // REFUSED_STREAM -> UNAVAILABLE
+        0xb => 8,  // ENHANCE_YOUR_CALM -> RESOURCE_EXHAUSTED
+        0xc => 7,  // INADEQUATE_SECURITY -> PERMISSION_DENIED
+        _ => 13,   // INTERNAL
     }
 }
 
@@ -414,5 +427,7 @@ mod tests {
             ),
             (1, 14, 13)
         );
+        let h2: Vec<u32> = [0x8, 0x7, 0xb, 0xc, 0x2, 0x0].map(h2_reset_status).into();
+        assert_eq!(h2, [1, 14, 8, 7, 13, 13]);
     }
 }

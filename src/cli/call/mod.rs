@@ -1,6 +1,9 @@
-//! `vimanad call`: one gRPC call over HTTP/3, a tiny grpcurl for the data
-//! plane. A quiche client on a blocking, connected `UdpSocket` whose read
-//! timeout follows `conn.timeout()`; no async runtime.
+//! `vimanad call`: one gRPC call over HTTP/3 (the default) or HTTP/2 over
+//! TLS (`--transport h2`), a tiny grpcurl for the data plane. HTTP/3 is a
+//! quiche client on a blocking, connected `UdpSocket` whose read timeout
+//! follows `conn.timeout()`, no async runtime; HTTP/2 is an h2 client on
+//! tokio-rustls on a current-thread tokio runtime. Both take the same flags
+//! and print and exit the same way.
 //!
 //! Exit code: the call's grpc-status (0 = OK); 2 when the answer is not gRPC
 //! (HTTP status other than 200, or not `application/grpc`); 1 on a transport
@@ -11,15 +14,18 @@
 //! the stream.
 //!
 //! The command is split by job: `request` turns the flags into the request
-//! (target, peer address, headers, messages), `quic` is the QUIC connection
-//! on its UDP socket, `stream` runs the one HTTP/3 request stream and reads
-//! its answer, and `output` prints messages, headers and the final status.
-//! This file holds the flags and the sequence of one call.
+//! (target, peer address, headers, messages); `quic` is the QUIC connection
+//! on its UDP socket and `stream` runs the one HTTP/3 request stream; `tls`
+//! is the TCP + TLS connection and `h2` runs the call over HTTP/2; `output`
+//! prints messages, headers and the final status. This file holds the flags
+//! and the sequence of one call.
 
+mod h2;
 mod output;
 mod quic;
 mod request;
 mod stream;
+mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,7 +33,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use quiche::h3;
 
 use super::grpc_frame as grpc;
@@ -40,9 +46,12 @@ use stream::Call;
 pub struct CallArgs {
     /// https://AUTHORITY/SERVICE/METHOD; gives `:authority` and `:path`.
     url: String,
-    /// Send packets to ADDR (host:port) instead of resolving the URL's host.
+    /// Connect to ADDR (host:port) instead of resolving the URL's host.
     #[arg(long, value_name = "ADDR")]
     connect: Option<String>,
+    /// HTTP/3 over QUIC (UDP), or HTTP/2 over TLS (TCP, the same port).
+    #[arg(long, value_enum, default_value_t = Transport::H3)]
+    transport: Transport,
     /// A request message as hex protobuf bytes (repeatable). Messages are sent
     /// in this order: every --data-hex, every --data-file, every --text, stdin.
     #[arg(long = "data-hex", value_name = "HEX")]
@@ -82,6 +91,15 @@ pub struct CallArgs {
     verbose: bool,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// HTTP/3 over QUIC.
+    #[default]
+    H3,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
+}
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Fields = Vec<(String, String)>;
@@ -112,23 +130,42 @@ pub fn run(args: CallArgs) -> Result<ExitCode> {
     };
     let started = Instant::now();
     let deadline = args.timeout.map(|t| started + t);
-    let mut quic = Quic::connect(peer, sni, args.ca.as_deref())?;
-    quic.handshake(deadline.map_or(started + HANDSHAKE_TIMEOUT, |d| {
+    let handshake_until = deadline.map_or(started + HANDSHAKE_TIMEOUT, |d| {
         d.min(started + HANDSHAKE_TIMEOUT)
-    }))?;
-    if args.verbose {
-        eprintln!("* connected to {peer} (HTTP/3)");
-        print_fields(">", &headers);
-    }
-    let headers = headers
-        .iter()
-        .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()));
+    });
     let (output, verbose) = (args.output, args.verbose);
-    let mut call = Call::new(headers.collect(), body, output, verbose);
-    let outcome = call.run(&mut quic, deadline, args.timeout);
-    quic.close();
+    let (trailers, outcome) = match args.transport {
+        Transport::H2 => {
+            let plan = h2::Plan {
+                peer,
+                sni,
+                ca: args.ca.as_deref(),
+                handshake_until,
+                deadline,
+                timeout: args.timeout,
+                output,
+                verbose,
+            };
+            h2::run(&plan, &headers, body)?
+        }
+        Transport::H3 => {
+            let mut quic = Quic::connect(peer, sni, args.ca.as_deref())?;
+            quic.handshake(handshake_until)?;
+            if verbose {
+                eprintln!("* connected to {peer} (HTTP/3)");
+                print_fields(">", &headers);
+            }
+            let headers = headers
+                .iter()
+                .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()));
+            let mut call = Call::new(headers.collect(), body, output, verbose);
+            let outcome = call.run(&mut quic, deadline, args.timeout);
+            quic.close();
+            (std::mem::take(&mut call.trailers), outcome?)
+        }
+    };
     if verbose {
-        print_fields("<", &call.trailers);
+        print_fields("<", &trailers);
     }
-    Ok(output::report(outcome?))
+    Ok(output::report(outcome))
 }

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 
-use super::stream::Outcome;
 use super::Fields;
 use crate::cli::grpc_frame as grpc;
 
@@ -21,6 +20,13 @@ pub(super) enum Output {
     Raw,
     /// Field 1 as a string (the example's EchoReply.message); hex if it isn't.
     Text,
+}
+
+/// How a call ended, whatever the transport.
+pub(super) enum Outcome {
+    Grpc(u32, String),
+    /// HTTP status, content-type, the start of the body.
+    Http(u16, String, Vec<u8>),
 }
 
 pub(super) fn print_fields(prefix: &str, fields: &Fields) {

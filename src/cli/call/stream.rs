@@ -8,19 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use quiche::h3::{self, NameValue, WireErrorCode};
 
-use super::output::{self, print_fields, Output};
+use super::output::{self, print_fields, Outcome, Output};
 use super::quic::Quic;
 use super::{find, Fields};
 use crate::cli::grpc_frame::{self as grpc, Decoder};
 
 /// Body bytes of a non-gRPC answer kept to show the user.
 const MAX_ERROR_BODY: usize = 4096;
-
-pub(super) enum Outcome {
-    Grpc(u32, String),
-    /// HTTP status, content-type, the start of the body.
-    Http(u16, String, Vec<u8>),
-}
 
 enum End {
     Finished,
