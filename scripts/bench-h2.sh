@@ -21,6 +21,8 @@
 #            [--shards N]
 #   defaults: --duration 5 --points 1x1,1x16,4x16,4x64 --rounds 3 --shards 2
 #   VIMANAD_BIN=PATH: the vimanad to measure (default target/release/vimanad)
+#   VIMANAD_CALL=PATH: the vimanad whose `call --transport h2` checks the
+#     paths (default VIMANAD_BIN; for a build older than `--transport`)
 # Run as root (vimanad starts the component's container).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -133,7 +135,7 @@ done
 
 # One checked call through each path: gRPC status 0 and the message back.
 for port in "$node_port" "$caddy_port"; do
-    out=$("$vimanad" call --transport h2 --ca "$work/cert.pem" --connect "127.0.0.1:$port" \
+    out=$("${VIMANAD_CALL:-$vimanad}" call --transport h2 --ca "$work/cert.pem" --connect "127.0.0.1:$port" \
         --output text https://example.com/vimana.example.v1.Echo/Unary --text checked 2>>"$work/check.log")
     [[ $out == checked ]] || { echo "bench-h2.sh: check call on $port: $out" >&2; exit 1; }
 done

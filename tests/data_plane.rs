@@ -123,15 +123,18 @@ async fn garbage_datagrams_do_not_hurt_a_shard() {
     assert_eq!(out.trim(), "ok");
 }
 
-/// One `vimanad call` case: its arguments, the exit code, and a check of
-/// stdout and stderr (given the transport, for what only one of them shows).
+/// Checks a call's stdout and stderr, given the transport (for what only
+/// one of them shows).
+type Check = Box<dyn Fn(Transport, &str, &str)>;
+
+/// One `vimanad call` case: its arguments, the exit code, and its check.
 struct CallCase {
     name: &'static str,
     authority: &'static str,
     path: &'static str,
     args: Vec<String>,
     code: i32,
-    check: Box<dyn Fn(Transport, &str, &str)>,
+    check: Check,
 }
 
 /// `vimanad call` over HTTP/3 (the default) and `--transport h2` from one
