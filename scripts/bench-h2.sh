@@ -60,9 +60,14 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 node_port=$(free_port)
 caddy_port=$(free_port)
 pids=()
+pod=""
 cleanup() {
+    # The pod first: the container outlives vimanad otherwise.
+    [[ -z $pod ]] || "$vimanad" cri --cri-socket "$work/cri.sock" rm "$pod" >/dev/null 2>&1 || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name "bench-h2-$$" -type d 2>/dev/null |
+        while read -r dir; do find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -95,8 +100,8 @@ for _ in $(seq 200); do [[ -S $work/cri.sock ]] && break; sleep 0.1; done
     --component example.com:vimana.example.v1.Echo@1.0.0 \
     --image example.com/vimana-example:1.0.0 --name bench-h2 --log-dir "$work/logs" \
     >"$work/run.txt"
-socket=$(sed -n 's/.*component socket: //p' "$work/run.txt")
 pod=$(awk 'NR == 1 {print $2}' "$work/run.txt")
+socket=$(sed -n 's/.*component socket: //p' "$work/run.txt")
 component_pid=$("$vimanad" cri --cri-socket "$work/cri.sock" inspect "$pod" |
     grep -o '"pid": *"\?[0-9]*' | head -1 | grep -o '[0-9]*$')
 [[ -n $component_pid ]] || { echo "bench-h2.sh: no component PID" >&2; exit 1; }
