@@ -139,7 +139,15 @@ fn abuse(
         .expect("piped stdin")
         .write_all(spec.to_string().as_bytes());
     match child.wait_with_output() {
-        Ok(out) if out.status.success() => {}
+        Ok(out) if out.status.success() => {
+            let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let calls = result["calls"].as_array().map_or(&[][..], |c| c.as_slice());
+            let answered = calls.iter().filter(|c| c["headers"] == true).count();
+            eprintln!(
+                "stalled: {connections} connections: {} calls opened, {answered} got response headers; {}",
+                result["opened"], result["errors"]
+            );
+        }
         Ok(out) => trouble.push(format!(
             "stalled: the abusive peer failed ({connections} connections): {}",
             String::from_utf8_lossy(&out.stdout)
