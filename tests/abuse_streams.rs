@@ -1,7 +1,8 @@
 //! Abuse of streams and calls, against the real binary, with Python
 //! aioquic (tests/peers/) as both the abusive and the well-behaved client:
-//! each abuse gets its defined outcome, and the node keeps serving
-//! everyone else meanwhile.
+//! each abuse gets its defined outcome (clients that stop reading, rapid
+//! reset, oversized headers, silent calls, a component saturated by its
+//! callers), and the node keeps serving everyone else meanwhile.
 
 mod common;
 
@@ -299,7 +300,6 @@ async fn a_client_resetting_streams_faster_than_its_budget_is_disconnected() {
 }
 
 #[tokio::test]
-#[ignore = "not passing yet: the stalled aioquic calls see no response at all (to investigate: the peer's stall patch or the server's side)"]
 async fn clients_that_stop_reading_hold_bounded_memory_and_then_get_resource_exhausted() {
     // One shard, small budgets: 64 streams per connection and 1 MiB per
     // connection make a 16 KiB HTTP/2 window per call; 4 stalled
@@ -336,7 +336,7 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_then_get_resource_exh
     let connections = 4;
     let spec = json!({
         "mode": "stall", "path": SERVER_STREAM, "message_hex": flood,
-        "connections": connections, "streams": 64, "hold_s": 4, "read_after": true, "drain_s": 10,
+        "connections": connections, "streams": 64, "hold_s": 3, "read_after": true, "drain_s": 4,
     });
     let abuser = std::thread::spawn(move || abuse_at(listen, spec));
     // The well-behaved client meanwhile: unary calls, and a whole stream.
@@ -367,13 +367,23 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_then_get_resource_exh
     let calls = result["calls"].as_array().unwrap();
     assert_eq!(calls.len(), connections * 64, "{}", result["errors"]);
     let exhausted = calls.iter().filter(|c| c["grpc_status"] == 8).count();
+    let reset = calls.iter().filter(|c| !c["reset_code"].is_null()).count();
+    let served = calls
+        .iter()
+        .filter(|c| c["grpc_status"].is_null() && c["reset_code"].is_null())
+        .filter(|c| c["served_again"] == true)
+        .count();
+    let unanswered = calls.len() - exhausted - reset - served;
     for c in calls {
-        // Ended with RESOURCE_EXHAUSTED after whole messages, or (when the
-        // cut fell inside a message already sent) reset.
+        // A stalled call ends with RESOURCE_EXHAUSTED after whole messages
+        // only, or (when the cut fell inside a message already sent) with
+        // a reset; none with any other status. The calls the node did not
+        // need to end (the budget was back under its limit) stream on.
         assert!(
-            (c["grpc_status"] == 8 && c["partial_bytes"] == 0) || !c["reset_code"].is_null(),
+            c["grpc_status"].is_null() || (c["grpc_status"] == 8 && c["partial_bytes"] == 0),
             "{c}"
         );
+        assert!(c["error"].is_null(), "no connection closed: {c}");
     }
     let killed = metric(
         &node,
@@ -384,13 +394,22 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_then_get_resource_exh
     let after = rss_kib(pid);
     let held_after = metric(&node, "vimanad_call_buffered_bytes");
     eprintln!(
-        "stalled calls: {} ({exhausted} RESOURCE_EXHAUSTED, {killed} counted); vimanad RSS {before} KiB before, peak {peak} KiB, {after} KiB after; \
+        "stalled calls: {} ({exhausted} RESOURCE_EXHAUSTED, {reset} reset, {killed} ended by the node; \
+         {served} served again once their client read, {unanswered} with nothing yet); vimanad RSS {before} KiB before, peak {peak} KiB, {after} KiB after; \
          {buffered} bytes buffered during, {held_after} after; well-behaved p99 {baseline:.2} ms alone, {during:.2} ms beside the abusers",
         calls.len()
     );
     assert!(
-        exhausted > 0 && killed >= exhausted as f64,
+        exhausted > 0 && killed >= (exhausted + reset) as f64,
         "calls ended for their budget"
+    );
+    // Once their client reads again, most calls hear from the node
+    // (before the write order went round, the streams first in a fixed
+    // order took all of quiche's capacity and most heard nothing at all).
+    assert!(
+        unanswered * 4 <= calls.len(),
+        "{unanswered} of {} calls heard nothing once their client read again",
+        calls.len()
     );
     // By construction the calls hold at most their windows: every
     // connection at most its budget (the shard's is enforced by ending
@@ -408,4 +427,111 @@ async fn clients_that_stop_reading_hold_bounded_memory_and_then_get_resource_exh
         "{buffered} bytes held"
     );
     assert_eq!(held_after, 0.0, "nothing stays buffered");
+    assert!(
+        after < before + budget_kib + 8 * 1024,
+        "RSS back near its baseline: {before} KiB before, {after} KiB after"
+    );
+}
+
+#[tokio::test]
+async fn a_saturated_component_queues_and_refuses_only_its_own_calls() {
+    // One shard: both components' calls go through the same upstream pool.
+    // Each upstream queues at most 2 calls, for at most 1 s.
+    let mut node = Node::start_configured(
+        1,
+        "info",
+        &["--upstream-queue", "2", "--upstream-wait", "1s"],
+    )
+    .await;
+    // The slow component serves 2 streams at once (its HTTP/2 SETTINGS).
+    let slow = node
+        .run_pod("slow", ("slow.example.com", SERVICE, "1.0.0"))
+        .await;
+    node.create(&slow, "component", &[("EXAMPLE_MAX_STREAMS", "2")])
+        .await
+        .unwrap();
+    node.start_container(&slow).await.unwrap();
+    node.running_pod("fast", V1).await;
+    let listen = node.listen;
+    let baseline = well_behaved_p99(listen, "example.com", 50);
+    // One call first: the shard's HTTP/2 connection to the slow component
+    // is open and its SETTINGS (the stream limit) known. (Calls that come
+    // while it is still being opened are not held to a limit not yet
+    // known: h2 queues them itself.)
+    well_behaved_p99(listen, "slow.example.com", 1);
+
+    // 8 calls at once to the slow one, each 3 s long: 2 are served, 2 wait
+    // in its queue past the 1 s wait, 4 find the queue full.
+    let sleepy = hex_of(&pb::EchoRequest {
+        sleep_ms: 3_000,
+        ..Default::default()
+    });
+    let calls: Vec<_> = (0..8)
+        .map(|_| json!({ "path": UNARY, "messages_hex": [sleepy] }))
+        .collect();
+    let saturating =
+        std::thread::spawn(move || aioquic_at(listen, "slow.example.com", json!(calls), true));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Meanwhile the other component on the same shard.
+    let during = well_behaved_p99(listen, "example.com", 50);
+    let results = saturating.join().unwrap();
+
+    let status = |code: u64| {
+        results
+            .iter()
+            .filter(|r| r["grpc_status"] == code)
+            .collect::<Vec<_>>()
+    };
+    let (served, unavailable) = (status(0), status(14));
+    let queue_full: Vec<_> = unavailable
+        .iter()
+        .filter(|r| {
+            r["grpc_message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("concurrent streams")
+        })
+        .collect();
+    let waited: Vec<_> = unavailable
+        .iter()
+        .filter(|r| {
+            r["grpc_message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no stream to the component within")
+        })
+        .collect();
+    eprintln!(
+        "slow component: {} served, {} refused (queue full), {} past the wait; \
+         the other component's p99 {baseline:.2} ms alone, {during:.2} ms beside",
+        served.len(),
+        queue_full.len(),
+        waited.len()
+    );
+    assert_eq!(served.len(), 2, "its stream limit: {results:?}");
+    assert_eq!(queue_full.len(), 4, "the queue holds 2: {results:?}");
+    assert_eq!(waited.len(), 2, "the queued calls wait 1 s: {results:?}");
+    for r in &waited {
+        assert!(r["elapsed_ms"].as_f64().unwrap() >= 900.0, "{r}");
+    }
+    assert_eq!(
+        metric(
+            &node,
+            "vimanad_call_limit_hits_total{limit=\"upstream_queue_full\""
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "vimanad_call_limit_hits_total{limit=\"upstream_wait\""
+        ),
+        2.0
+    );
+    // The other component is served as usual meanwhile (every call
+    // succeeded, or well_behaved_p99 fails).
+    assert!(
+        during < 100f64.max(3.0 * baseline),
+        "the other component's p99 {during:.2} ms beside the saturated one ({baseline:.2} ms alone)"
+    );
 }

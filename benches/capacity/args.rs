@@ -21,6 +21,9 @@ pub struct Args {
     pub load_connections: usize,
     pub pool: usize,
     pub republish_every: String,
+    pub stalled_connections: Vec<usize>,
+    pub stalled_streams: usize,
+    pub stalled_hold: Duration,
 }
 
 impl Args {
@@ -65,6 +68,13 @@ pub fn args() -> Args {
         load_connections: 4,
         pool: if quick { 10 } else { 100 },
         republish_every: "1ms".into(),
+        stalled_connections: if quick {
+            vec![0, 1]
+        } else {
+            vec![0, 2, 4, 8, 16]
+        },
+        stalled_streams: if quick { 16 } else { 256 },
+        stalled_hold: Duration::from_secs(if quick { 1 } else { 5 }),
     };
     let mut it = raw.into_iter();
     let value = |it: &mut std::vec::IntoIter<String>, name: &str| -> String {
@@ -89,6 +99,7 @@ pub fn args() -> Args {
                         "b" | "memory" => 'b',
                         "c" | "publication" => 'c',
                         "d" | "republish" => 'd',
+                        "e" | "stalled" => 'e',
                         other => panic!("unknown section {other:?}"),
                     })
                     .collect()
@@ -106,6 +117,14 @@ pub fn args() -> Args {
             "--load-connections" => a.load_connections = number(value(&mut it, &arg), &arg),
             "--pool" => a.pool = number(value(&mut it, &arg), &arg),
             "--republish-every" => a.republish_every = value(&mut it, &arg),
+            "--stalled-connections" => {
+                a.stalled_connections = value(&mut it, &arg)
+                    .split(',')
+                    .map(|n| n.trim().parse().expect("--stalled-connections: e.g. 0,2,4"))
+                    .collect()
+            }
+            "--stalled-streams" => a.stalled_streams = number(value(&mut it, &arg), &arg),
+            "--stalled-hold" => a.stalled_hold = parse_duration(&value(&mut it, &arg)),
             other => panic!("unknown argument {other:?}: see the doc of benches/capacity/main.rs"),
         }
     }

@@ -59,6 +59,12 @@
 //!   snapshot every millisecond, its achieved rate read from its log), the
 //!   other without; windows alternate (the idle node SIGSTOPped).
 //!
+//! - **stalled** (E, not in the default set; issue 15): see stalled.rs.
+//!   vimanad's RSS against the number of connections that stop reading
+//!   (`--stalled-connections 0,2,4,8,16`, `--stalled-streams 256`
+//!   server-streaming calls each, held `--stalled-hold 5s`), then after
+//!   they left. scripts/bench-stalled.sh runs it for two builds.
+//!
 //! ```text
 //! scripts/bench-capacity.sh --markdown          # sets up, builds, runs it all
 //! cargo bench --bench capacity -- [--quick] [--markdown] [--sections a,b,c,d]
@@ -78,7 +84,7 @@
 //! load), node.rs (the node under test, its log), measure.rs (windows,
 //! tallies, CPU), system.rs (/proc, limits, cores), report.rs (tables);
 //! one file per section: handshakes.rs (A), memory.rs (B1), pods.rs (B2),
-//! publication.rs (C), republish.rs (D).
+//! publication.rs (C), republish.rs (D), stalled.rs (E).
 
 #[path = "../../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -100,6 +106,7 @@ mod publication;
 mod report;
 mod republish;
 mod request;
+mod stalled;
 mod system;
 
 use std::time::Instant;
@@ -131,6 +138,7 @@ async fn main() {
                 pods::section(&args, &mut trouble).await;
             }
             'c' => publication::section(&args, &mut trouble).await,
+            'e' => stalled::section(&args, &mut trouble).await,
             _ => republish::section(&args, &mut trouble).await,
         }
         eprintln!("capacity: section {section} took {:.1?}", t.elapsed());

@@ -29,6 +29,9 @@ const H3_EXCESSIVE_LOAD: u64 = 0x107;
 /// their first response bytes to ride along. Far under the 25 ms
 /// max_ack_delay we advertise, so peers see no loss.
 const ACK_HOLD: Duration = Duration::from_millis(1);
+/// Body bytes one stream hands quiche per turn while others wait to write
+/// (see [`Conn::service`]).
+const QUANTUM: usize = 16 * 1024;
 /// The least credit worth a body write (see [`worth_writing`]).
 const MIN_BODY_WRITE: usize = 64;
 
@@ -74,6 +77,10 @@ struct ConnInner {
     budget: Option<Rc<ConnBudget>>,
     /// Streams the client reset before their response.
     resets: ResetBucket,
+    /// The streams with output, in the order they are written (reused).
+    order: Vec<u64>,
+    /// The stream whose output went to quiche last (see [`Conn::service`]).
+    last_written: u64,
 }
 
 /// A call to start: the stream's headers, and the call's end of it.
@@ -93,6 +100,8 @@ impl Conn {
                 wrote: false,
                 budget: None,
                 resets: ResetBucket::default(),
+                order: Vec::new(),
+                last_written: 0,
             }),
             signal: Signal::default(),
             queued: Cell::new(false),
@@ -113,6 +122,8 @@ impl Conn {
             wrote,
             budget,
             resets,
+            order,
+            last_written,
         } = &mut *inner;
         if quic.is_closed() {
             for io in streams.values() {
@@ -246,11 +257,44 @@ impl Conn {
             return new_calls;
         }
 
-        streams.retain(|&stream_id, io| {
-            if io.has_output() && worth_writing(quic, stream_id, io) {
-                write_output(h3, quic, stream_id, io);
-                *wrote = true;
+        // Output goes to quiche in turn, starting after the stream written
+        // last: quiche's send capacity (the congestion window, the client's
+        // connection window) is often less than the streams want, and the
+        // streams first in a fixed order would take it all, every time.
+        // Many concurrent long streams on one connection would starve the
+        // rest, their headers and final statuses included.
+        order.clear();
+        order.extend(
+            streams
+                .iter()
+                .filter(|(_, io)| io.has_output())
+                .map(|(&id, _)| id),
+        );
+        if order.len() > 1 {
+            order.sort_unstable();
+            let after = order.partition_point(|&id| id <= *last_written);
+            order.rotate_left(after);
+        }
+        // With more than one, each takes at most QUANTUM of body bytes per
+        // turn, and turns go on while one of them wants more.
+        let quantum = if order.len() > 1 { QUANTUM } else { usize::MAX };
+        loop {
+            let mut more = false;
+            for &stream_id in order.iter() {
+                let Some(io) = streams.get(&stream_id) else {
+                    continue;
+                };
+                if io.has_output() && worth_writing(quic, stream_id, io) {
+                    more |= write_output(h3, quic, stream_id, io, quantum);
+                    *wrote = true;
+                    *last_written = stream_id;
+                }
             }
+            if !more {
+                break;
+            }
+        }
+        streams.retain(|&stream_id, io| {
             if io.answered_early() {
                 // Answered before the request ended (an error): the rest
                 // of the request is not wanted.
@@ -448,46 +492,63 @@ fn pull_body(
     changed
 }
 
-/// Hands the stream's waiting output to quiche: headers, then body, then
-/// trailers, as far as quiche takes them.
+/// Hands the stream's waiting output to quiche: headers, then body (at
+/// most `quantum` bytes of it), then trailers, as far as quiche takes them.
+/// Returns whether the quantum stopped it (more may go in another turn).
 fn write_output(
     h3: &mut h3::Connection,
     quic: &mut quiche::Connection,
     stream_id: u64,
     io: &ConnStream,
-) {
+    quantum: usize,
+) -> bool {
     if let Some(code) = io.take_reset() {
         let _ = quic.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
         let _ = quic.stream_shutdown(stream_id, quiche::Shutdown::Read, H3_NO_ERROR);
         io.reset_sent();
-        return;
+        return false;
     }
     if let Some((headers, fin)) = io.take_headers() {
         match h3.send_response(quic, stream_id, &headers, fin) {
             Ok(()) => {
                 io.headers_sent(fin);
                 if fin {
-                    return;
+                    return false;
                 }
             }
             Err(h3::Error::StreamBlocked | h3::Error::Done) => {
                 io.headers_unsent(headers);
-                return;
+                return false;
             }
             Err(_) => {
                 io.abort();
-                return;
+                return false;
             }
         }
     }
-    let written = io.write_body(|chunk| match h3.send_body(quic, stream_id, chunk, false) {
-        Ok(n) => Ok(Some(n)),
-        Err(h3::Error::Done | h3::Error::StreamBlocked) => Ok(None),
-        Err(_) => Err(()),
+    let (mut left, mut stopped) = (quantum, false);
+    let written = io.write_body(|chunk| {
+        if left == 0 {
+            stopped = true;
+            return Ok(None);
+        }
+        let chunk = &chunk[..chunk.len().min(left)];
+        match h3.send_body(quic, stream_id, chunk, false) {
+            Ok(n) => {
+                left -= n.min(left);
+                stopped |= left == 0 && n == chunk.len();
+                Ok(Some(n))
+            }
+            Err(h3::Error::Done | h3::Error::StreamBlocked) => Ok(None),
+            Err(_) => Err(()),
+        }
     });
     if !written {
         io.abort();
-        return;
+        return false;
+    }
+    if stopped {
+        return true;
     }
     if let Some(trailers) = io.take_trailers() {
         match h3.send_additional_headers(quic, stream_id, &trailers, true, true) {
@@ -496,4 +557,5 @@ fn write_output(
             Err(_) => io.abort(),
         }
     }
+    false
 }
