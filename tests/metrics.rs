@@ -517,6 +517,8 @@ async fn readme_lists_every_exported_metric_family() {
     }
     let (code, _, _) = vimanad_call(&node, "nowhere.test", "/a.B/C", &["--text", "x"]);
     assert_eq!(code, 12, "UNIMPLEMENTED");
+    // A pull from a registry nobody serves: counted as an error.
+    assert!(node.pull("127.0.0.1:1/none:1", None).await.is_err());
     // One call in flight while scraping: EchoRequest{sleep_ms: 3000}.
     let mut held = Command::new(vimanad())
         .args(["call", "--connect", &node.listen.to_string()])
@@ -570,6 +572,17 @@ async fn readme_lists_every_exported_metric_family() {
          listed, not exported: {absent:?}\n\
          listed as not counted yet, but counting: {counted_now:?}\n\
          exposition:\n{exposition}"
+    );
+    // The control plane's counts where they happen: one start, one failed
+    // pull, the pod's records committed.
+    let events = r#"vimanad_container_events_total{event="start",reason="ready"}"#;
+    assert_eq!(sample(&exposition, events), Some(1.0), "{exposition}");
+    let pulls = r#"vimanad_image_pulls_total{result="error"}"#;
+    assert_eq!(sample(&exposition, pulls), Some(1.0), "{exposition}");
+    let commits = r#"vimanad_state_commit_duration_seconds_count{what="pod_records"}"#;
+    assert!(
+        sample(&exposition, commits).unwrap_or(0.0) >= 1.0,
+        "{exposition}"
     );
     let _ = held.wait();
     node.remove_running_pod(&pod).await;
