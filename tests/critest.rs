@@ -6,13 +6,14 @@
 //! plus its applet links), served by a local `docker-registry` under the
 //! names the test-images file gives critest, so critest's own PullImage
 //! calls work with no internet. Skipped: the specs that pull fixed images
-//! from internet registries, exec / attach / port-forward (not built), and
-//! pod networking with ports (components share the node's network).
+//! from internet registries, and pod networking with ports (components
+//! share the node's network).
 //!
 //! A container becomes running only once it serves gRPC on its socket
-//! (SPEC: that is what readiness means here); busybox never does, so every
-//! spec that needs a started container fails at StartContainer with the
-//! readiness timeout. The test asserts that every spec in [`EXPECTED_PASS`]
+//! (SPEC: that is what readiness means here); a busybox running `top` or
+//! `sh -c` never does, so the specs that start one fail at StartContainer
+//! with the readiness timeout (README.md lists every failure and why). The
+//! test asserts that every spec in [`EXPECTED_PASS`]
 //! passes, and prints the whole table (README.md, "critest", records it).
 
 mod common;

@@ -5,7 +5,10 @@
 //!   each open an unsafe block may share one;
 //! - the two planes never import each other: nothing in `src/control`
 //!   names `crate::shard` (or reaches it through `super::`), nothing in
-//!   `src/shard` names `crate::control`.
+//!   `src/shard` names `crate::control`;
+//! - ARCHITECTURE.md names every file of src/, benches/, tests/common/,
+//!   fuzz/ and scripts/ (in a room map, or by its whole path), and its room
+//!   maps name no file that is gone.
 
 use std::path::{Path, PathBuf};
 
@@ -323,4 +326,147 @@ fn the_checks_see_what_they_look_for() {
                 use crate::{pool, sharding};\n// crate::shard in a comment\n";
     assert!(imports_of(&file(fine), "shard").is_empty());
     assert!(imports_of(&file(fine), "control").is_empty());
+}
+
+// ---- ARCHITECTURE.md covers the tree ----
+
+/// The files ARCHITECTURE.md must name, relative to the repository root:
+/// every `.rs` under src/, benches/, tests/common/ and fuzz/ (its own
+/// target directory aside), and every file under scripts/.
+fn files_to_map(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, any_file: bool, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.expect("directory entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if !matches!(name, "target" | "corpus" | "artifacts") {
+                    walk(&path, any_file, out);
+                }
+            } else if any_file || name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    for (dir, any_file) in [
+        ("src", false),
+        ("benches", false),
+        ("tests/common", false),
+        ("fuzz", false),
+        ("scripts", true),
+    ] {
+        walk(&root.join(dir), any_file, &mut paths);
+    }
+    paths
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root)
+                .expect("under the root")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The paths the room maps name: every code block whose first line is a
+/// directory (`src/`, `benches/`, `fuzz/`) is a tree by indentation, one
+/// entry per line (`dir/` opens a directory, `a.rs, b.rs  what` names
+/// several), prose after the names.
+fn room_map(doc: &str) -> Vec<String> {
+    let is_name = |t: &str| {
+        !t.is_empty()
+            && (t.ends_with('/') || t.contains('.'))
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
+    };
+    let mut out = Vec::new();
+    for block in doc.split("```").skip(1).step_by(2) {
+        let first = block.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        if !(first.ends_with('/') && is_name(first)) {
+            continue;
+        }
+        let mut dirs: Vec<(usize, String)> = Vec::new();
+        for line in block.lines() {
+            let indent = line.len() - line.trim_start().len();
+            let mut names = Vec::new();
+            for token in line.split_whitespace() {
+                let more = token.ends_with(',');
+                names.push(token.trim_end_matches(','));
+                if !more {
+                    break;
+                }
+            }
+            if names.is_empty() || !names.iter().all(|n| is_name(n)) {
+                continue;
+            }
+            while dirs.last().is_some_and(|(i, _)| *i >= indent) {
+                dirs.pop();
+            }
+            let parent = dirs.last().map_or(String::new(), |(_, d)| d.clone());
+            for name in names {
+                let path = format!("{parent}{name}");
+                if name.ends_with('/') {
+                    dirs.push((indent, path));
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Files of the tree that ARCHITECTURE.md names neither in the room map
+/// nor anywhere else by their whole path; and room-map entries that name no
+/// file (a removed or renamed one).
+fn unmapped(root: &Path, doc: &str) -> (Vec<String>, Vec<String>) {
+    let map = room_map(doc);
+    let files = files_to_map(root);
+    let missing = files
+        .iter()
+        .filter(|f| !map.contains(f) && !doc.contains(f.as_str()))
+        .cloned()
+        .collect();
+    let stale = map.into_iter().filter(|p| !root.join(p).exists()).collect();
+    (missing, stale)
+}
+
+#[test]
+fn architecture_names_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let (missing, stale) = unmapped(root, &doc);
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names neither in its room map nor by path:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md's room map names files that do not exist:\n{}",
+        stale.join("\n")
+    );
+    assert!(files_to_map(root).len() > 100, "the walk found the tree");
+}
+
+/// The room-map parser on made-up maps: nesting, lists, prose and
+/// non-tree blocks skipped.
+#[test]
+fn the_room_map_parser_reads_a_tree() {
+    let doc = "# A\n\n```\nsrc/\n  main.rs     the binary (see lib.rs)\n  cli/        tools\n    a.rs, b.rs   two\n      (c.rs: prose, not an entry)\n  d/e.rs      nested by name\nbenches/\n  f.rs\n```\n\ntext\n\n```\nmod.rs \u{2192} g.rs\n```\n\n```\nfuzz/\n  h.rs\n```\n";
+    assert_eq!(
+        room_map(doc),
+        [
+            "src/main.rs",
+            "src/cli/a.rs",
+            "src/cli/b.rs",
+            "src/d/e.rs",
+            "benches/f.rs",
+            "fuzz/h.rs"
+        ]
+    );
 }

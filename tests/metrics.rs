@@ -1,6 +1,7 @@
 //! The operator's endpoint, read by the real Prometheus (Debian's package)
 //! and checked by `promtool`: CRI calls, pods by state, data-plane calls
-//! by status, the process collector, /healthz, /readyz and /debug/pool.
+//! by status, the process collector, /healthz, /readyz and /debug/pool;
+//! and README's table of every metric family against a real exposition.
 
 mod common;
 
@@ -463,4 +464,126 @@ async fn vimanad_pool_shows_outstanding_calls_per_endpoint_and_shard() {
         "{}",
         String::from_utf8_lossy(&none.stderr)
     );
+}
+
+/// The families of a text exposition: (name, type) from its `# TYPE` lines.
+fn exported_families(exposition: &str) -> Vec<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// README.md's metric table (section "Stats and metrics"): (name, type,
+/// counted) per row; `counted` is false for a row that says "not counted
+/// yet" (declared, so exported at most as a zero, never with samples).
+fn readme_families() -> Vec<(String, String, bool)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split_once("\n## Stats and metrics")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("README.md: a section ## Stats and metrics");
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('`')?;
+            let cells: Vec<&str> = rest.split('|').map(str::trim).collect();
+            let kind = cells.get(1)?.to_string();
+            let counted = !rest.contains("not counted yet");
+            Some((name.to_owned(), kind, counted))
+        })
+        .collect()
+}
+
+/// Every family a node exports after a few calls is in README's table,
+/// with its type, and every row of the table is exported (a row marked
+/// "not counted yet" must not have samples): the list stays true.
+#[tokio::test]
+async fn readme_lists_every_exported_metric_family() {
+    let listed = readme_families();
+    assert!(listed.len() > 30, "README's metric table: {listed:?}");
+    let mut node = Node::start().await;
+    let addr = node.metrics_addr();
+    let pod = node.running_pod("listed", V1).await;
+    let unary = "/vimana.example.v1.Echo/Unary";
+    for i in 0..3 {
+        let (code, _, err) =
+            vimanad_call(&node, "example.com", unary, &["--text", &format!("m{i}")]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, _) = vimanad_call(&node, "nowhere.test", "/a.B/C", &["--text", "x"]);
+    assert_eq!(code, 12, "UNIMPLEMENTED");
+    // A pull from a registry nobody serves: counted as an error.
+    assert!(node.pull("127.0.0.1:1/none:1", None).await.is_err());
+    // One call in flight while scraping: EchoRequest{sleep_ms: 3000}.
+    let mut held = Command::new(vimanad())
+        .args(["call", "--connect", &node.listen.to_string()])
+        .arg(format!("https://example.com{unary}"))
+        .args(["--data-hex", "18b817"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let exposition = loop {
+        let (status, text) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if text.contains("vimanad_grpc_active_calls{") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exported = exported_families(&exposition);
+    let rows = |f: &dyn Fn(&(String, String, bool)) -> bool| -> Vec<String> {
+        listed
+            .iter()
+            .filter(|r| f(r))
+            .map(|r| r.0.clone())
+            .collect()
+    };
+    let unlisted: Vec<String> = exported
+        .iter()
+        .filter(|(name, kind)| !listed.iter().any(|(n, k, _)| n == name && k == kind))
+        .map(|(name, kind)| format!("{name} ({kind})"))
+        .collect();
+    let has_samples = |name: &str| {
+        exposition.lines().any(|l| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with(['{', ' ', '_']) && !rest.trim_end().ends_with(" 0")
+            })
+        })
+    };
+    let is_exported = |name: &str| exported.iter().any(|(n, _)| n == name);
+    // Without counting (`--features metrics-off`) the per-component call
+    // series have no samples, so their families are absent.
+    let counting = !cfg!(feature = "metrics-off");
+    let absent = rows(&|(name, _, counted)| {
+        *counted && !is_exported(name) && (counting || !name.starts_with("vimanad_grpc_"))
+    });
+    let counted_now = rows(&|(name, _, counted)| !*counted && has_samples(name));
+    assert!(
+        unlisted.is_empty() && absent.is_empty() && counted_now.is_empty(),
+        "README.md's metric table is not what the node exports:\n\
+         exported, not listed (or another type): {unlisted:?}\n\
+         listed, not exported: {absent:?}\n\
+         listed as not counted yet, but counting: {counted_now:?}\n\
+         exposition:\n{exposition}"
+    );
+    // The control plane's counts where they happen: one start, one failed
+    // pull, the pod's records committed.
+    let events = r#"vimanad_container_events_total{event="start",reason="ready"}"#;
+    assert_eq!(sample(&exposition, events), Some(1.0), "{exposition}");
+    let pulls = r#"vimanad_image_pulls_total{result="error"}"#;
+    assert_eq!(sample(&exposition, pulls), Some(1.0), "{exposition}");
+    let commits = r#"vimanad_state_commit_duration_seconds_count{what="pod_records"}"#;
+    assert!(
+        sample(&exposition, commits).unwrap_or(0.0) >= 1.0,
+        "{exposition}"
+    );
+    let _ = held.wait();
+    node.remove_running_pod(&pod).await;
 }

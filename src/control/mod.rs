@@ -52,7 +52,7 @@ pub async fn serve(
         )))?),
         None => None,
     };
-    let runtime = Runtime::new(config, publisher)?;
+    let runtime = Runtime::new(config, publisher, Arc::clone(&metrics))?;
     runtime.recover()?;
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving metrics");

@@ -172,7 +172,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Db>) -> Result<Self, Error> {
+    /// `commits` observes each commit's latency (`/metrics`).
+    pub fn start(db: Arc<Db>, commits: prometheus::Histogram) -> Result<Self, Error> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("vimanad-state".into())
@@ -190,7 +191,9 @@ impl Writer {
                         .map(|j| (std::mem::take(&mut j.id), j.record.take()))
                         .collect();
                     let next = batch.iter().map(|j| j.next_ordinal).max().unwrap_or(0);
+                    let started = std::time::Instant::now();
                     let result = db.commit(&changes, next).map_err(|e| e.to_string());
+                    commits.observe(started.elapsed().as_secs_f64());
                     for job in batch {
                         let _ = job.done.send(result.clone());
                     }

@@ -70,10 +70,17 @@ pub struct Runtime {
     op_locks: Mutex<HashMap<PodId, Arc<tokio::sync::Mutex<()>>>>,
     /// Container lifecycle events (GetContainerEvents).
     pub(crate) events: tokio::sync::broadcast::Sender<k8s_cri::v1::ContainerEventResponse>,
+    /// The control plane's series (`/metrics`): container events, pulls,
+    /// commits are counted where they happen.
+    pub(crate) metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Runtime {
-    pub fn new(config: Config, publisher: Publisher) -> Result<Arc<Self>, Error> {
+    pub fn new(
+        config: Config,
+        publisher: Publisher,
+        metrics: Arc<super::metrics::Metrics>,
+    ) -> Result<Arc<Self>, Error> {
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
         }
@@ -88,7 +95,10 @@ impl Runtime {
         );
         let cgroups = Hierarchy::detect();
         let db = Arc::new(Db::open(&config.state_dir.join("state.redb"))?);
-        let writer = Writer::start(Arc::clone(&db))?;
+        let writer = Writer::start(
+            Arc::clone(&db),
+            metrics.db_commit.with_label_values(&["pod_records"]),
+        )?;
         super::container::security::restrict_files(&config.state_dir, &config.run_dir).map_err(
             Error::io("restrict the permissions of the state directories"),
         )?;
@@ -104,6 +114,7 @@ impl Runtime {
             publisher,
             op_locks: Mutex::new(HashMap::new()),
             events: super::cri::events_channel(),
+            metrics,
         }))
     }
 

@@ -37,8 +37,10 @@ impl Runtime {
     pub async fn pull_image(&self, req: cri::PullImageRequest) -> Result<String, Error> {
         let reference = image_name(req.image)?;
         let credentials = req.auth.map(credentials).unwrap_or_default();
-        let image = self.puller.pull(&reference, credentials).await?;
-        Ok(image.id)
+        let pulled = self.puller.pull(&reference, credentials).await;
+        let result = if pulled.is_ok() { "ok" } else { "error" };
+        self.metrics.image_pulls.with_label_values(&[result]).inc();
+        Ok(pulled?.id)
     }
 
     pub fn remove_image(&self, spec: Option<cri::ImageSpec>) -> Result<(), Error> {

@@ -198,6 +198,11 @@ impl Runtime {
                 store.route(&cid.pod, socket, started_at as u64, peer);
                 self.emit(&store, cid, cri::ContainerEventType::ContainerStartedEvent);
                 drop(store);
+                let event = if cid.seq > 0 { "restart" } else { "start" };
+                self.metrics
+                    .container_events
+                    .with_label_values(&[event, "ready"])
+                    .inc();
                 self.watch_exit(cid.clone(), process);
                 tracing::info!(container = %cid, ?readiness, "container running");
                 Ok(())
@@ -251,6 +256,10 @@ impl Runtime {
             }
             self.emit(&store, cid, cri::ContainerEventType::ContainerStoppedEvent);
         }
+        self.metrics
+            .container_events
+            .with_label_values(&["start_failed", "StartError"])
+            .inc();
         cgroup::remove(&made.cgroups);
         tracing::warn!(container = %cid, error = %error, "container failed to start");
     }
@@ -317,6 +326,11 @@ impl Runtime {
                 if !c.record_exit(process.pid, &record) {
                     return;
                 }
+                runtime
+                    .metrics
+                    .container_events
+                    .with_label_values(&["exit", &c.reason])
+                    .inc();
                 let requested = c.stop_requested;
                 let cgroups = std::mem::take(&mut c.cgroups);
                 if current && matches!(pod.lifecycle, Lifecycle::Running | Lifecycle::Starting) {

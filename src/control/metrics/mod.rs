@@ -165,6 +165,11 @@ impl Metrics {
         for (state, count) in runtime.pods_by_state() {
             self.pods.with_label_values(&[state]).set(count as i64);
         }
+        // The puller counts its bytes itself; renders run one at a time on
+        // the control thread, so catching the counter up is exact.
+        let fetched = runtime.puller.bytes_fetched();
+        self.image_pull_bytes
+            .inc_by(fetched.saturating_sub(self.image_pull_bytes.get()));
         let families = self.registry.gather();
         if openmetrics {
             return openmetrics::encode(&families);

@@ -141,10 +141,12 @@ pub(super) struct Progress {
     pub(super) done_bytes: AtomicU64,
     pub(super) blobs_done: AtomicUsize,
     last_log: Mutex<Instant>,
+    /// Every pull's bytes, for `/metrics`.
+    fetched: Arc<AtomicU64>,
 }
 
 impl Progress {
-    pub(super) fn new(image: &str, wanted: &[Descriptor]) -> Progress {
+    pub(super) fn new(image: &str, wanted: &[Descriptor], fetched: Arc<AtomicU64>) -> Progress {
         Progress {
             image: image.to_string(),
             total_bytes: wanted.iter().map(|d| d.size).sum(),
@@ -152,10 +154,12 @@ impl Progress {
             done_bytes: AtomicU64::new(0),
             blobs_done: AtomicUsize::new(0),
             last_log: Mutex::new(Instant::now()),
+            fetched,
         }
     }
 
     fn add(&self, n: u64) {
+        self.fetched.fetch_add(n, Ordering::Relaxed);
         let done = self.done_bytes.fetch_add(n, Ordering::Relaxed) + n;
         let mut last = self.last_log.lock().unwrap_or_else(|p| p.into_inner());
         if last.elapsed() >= PROGRESS_EVERY {

@@ -32,6 +32,8 @@ pub(super) struct PullJob {
     pub(super) registries: RegistryConfig,
     pub(super) reference: Reference,
     pub(super) credentials: Credentials,
+    /// The puller's count of bytes fetched (`Puller::bytes_fetched`).
+    pub(super) fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PullJob {
@@ -70,7 +72,7 @@ impl PullJob {
                 wanted.push(blob.clone());
             }
         }
-        let progress = Arc::new(Progress::new(&name, &wanted));
+        let progress = Arc::new(Progress::new(&name, &wanted, Arc::clone(&self.fetched)));
         if wanted
             .first()
             .is_some_and(|d| d.digest == config_desc.digest)

@@ -53,6 +53,8 @@ pub struct Puller {
     /// is removed by its own task when it ends.
     in_flight: Arc<Mutex<HashMap<PullKey, (u64, SharedPull)>>>,
     next_id: AtomicU64,
+    /// Blob bytes fetched from registries by every pull so far.
+    fetched: Arc<AtomicU64>,
 }
 
 impl Puller {
@@ -62,7 +64,13 @@ impl Puller {
             registries,
             in_flight: Arc::default(),
             next_id: AtomicU64::new(0),
+            fetched: Arc::default(),
         }
+    }
+
+    /// Blob bytes fetched from registries so far (for `/metrics`).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 
     pub fn registries(&self) -> &RegistryConfig {
@@ -128,6 +136,7 @@ impl Puller {
             registries: self.registries.clone(),
             reference: r,
             credentials: key.1.clone(),
+            fetched: Arc::clone(&self.fetched),
         };
         let in_flight = Arc::clone(&self.in_flight);
         let task_key = key.clone();
