@@ -46,6 +46,11 @@ pub struct Args {
     /// Send each request's FIN in a packet of its own (see the module doc).
     pub fin_apart: bool,
     pub markdown: bool,
+    /// `--calls N`: exactly N unary calls, then stop (counted.rs).
+    pub calls: Option<u64>,
+    /// `--before-calls CMD`: with `--calls`, `sh -c CMD` once the pod runs,
+    /// before the calls, with VIMANAD_PID set (e.g. to attach a tracer).
+    pub before_calls: Option<String>,
 }
 
 pub fn parse_duration(s: &str) -> Duration {
@@ -84,6 +89,7 @@ pub fn args() -> Args {
         (None, None, 4, None, vec![1]);
     let (mut kinds, mut messages, mut caddy, mut oha) = (None, 10, CaddyChoice::IfFound, false);
     let (mut quick, mut markdown, mut fin_apart) = (false, false, false);
+    let (mut calls, mut before_calls) = (None, None);
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, name: &str| {
         it.next().unwrap_or_else(|| panic!("{name} takes a value"))
@@ -109,6 +115,8 @@ pub fn args() -> Args {
             "--quick" => quick = true,
             "--fin-apart" => fin_apart = true,
             "--markdown" => markdown = true,
+            "--before-calls" => before_calls = Some(value(&mut it, "--before-calls")),
+            "--calls" => calls = Some(parse_list("--calls", &value(&mut it, "--calls"))[0] as u64),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other:?}: see the doc of benches/e2e/main.rs"),
         }
@@ -141,5 +149,7 @@ pub fn args() -> Args {
         oha,
         fin_apart,
         markdown,
+        calls,
+        before_calls,
     }
 }

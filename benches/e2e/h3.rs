@@ -17,7 +17,7 @@ use crate::request::{Request, AUTHORITY};
 const MAX_DATAGRAM: usize = 1350;
 
 /// One stream in flight.
-struct InFlight {
+pub(crate) struct InFlight {
     started: Instant,
     /// Request body bytes handed to quiche.
     sent: usize,
@@ -135,7 +135,7 @@ impl H3Client {
     }
 
     /// Sends every packet quiche has ready.
-    fn flush(&mut self) -> Result<(), String> {
+    pub(crate) fn flush(&mut self) -> Result<(), String> {
         let mut out = [0u8; MAX_DATAGRAM];
         loop {
             let n = match self.conn.send(&mut out) {
@@ -160,7 +160,7 @@ impl H3Client {
 
     /// Waits for datagrams (feeding them all to quiche), quiche's timer or
     /// `until`, whichever comes first; fails once the connection is closed.
-    fn wait(&mut self, until: Instant) -> Result<(), String> {
+    pub(crate) fn wait(&mut self, until: Instant) -> Result<(), String> {
         let now = Instant::now();
         let limit = until.saturating_duration_since(now);
         let wait = self.conn.timeout().map_or(limit, |t| t.min(limit));
@@ -258,7 +258,7 @@ impl H3Client {
     /// Opens streams up to `streams` while the window lasts, and hands
     /// quiche any request body not yet sent.
     #[allow(clippy::too_many_arguments)]
-    fn issue(
+    pub(crate) fn issue(
         &mut self,
         streams: usize,
         fin_apart: bool,
@@ -320,7 +320,7 @@ impl H3Client {
     }
 
     /// Reads HTTP/3 events: response headers, bodies, trailers, ends.
-    fn events(
+    pub(crate) fn events(
         &mut self,
         request: &Request,
         schedule: &Schedule,

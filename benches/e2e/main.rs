@@ -65,7 +65,17 @@
 //!     [--streams 1,16,64,256] [--rounds 3] [--shards 1[,2]]
 //!     [--kind unary|server-stream|both] [--messages 10]
 //!     [--caddy | --no-caddy] [--oha] [--fin-apart] [--markdown]
+//! cargo bench --bench e2e -- --calls N [--streams 1] [--connections 4]
+//!     [--shards 1] [--kind unary] [--before-calls CMD]
 //! ```
+//! `--calls N` makes exactly N calls through vimanad alone (one
+//! `--streams`, `--shards` and `--kind`; no ceiling, Caddy or windows),
+//! checks every response, stops vimanad with SIGTERM, prints one line
+//! (`calls N ok N failed 0 ...`) and exits 1 unless all succeeded
+//! (counted.rs): scripts/instructions-per-call.sh counts its vimanad
+//! under valgrind and strace. `--before-calls CMD` runs `sh -c CMD` once
+//! the pod runs, before the calls, with `VIMANAD_PID` set.
+//!
 //! `--quick` (CI) is 0.5 s windows, streams 1 and 16, 2 rounds and both
 //! kinds; it asserts no timings. `--shards 1,2` runs the whole series once
 //! per shard count, each on a fresh vimanad (and Caddy). The Caddy path runs
@@ -100,6 +110,7 @@ mod quic;
 mod args;
 mod caddy;
 mod ceiling;
+mod counted;
 mod h3;
 mod measure;
 mod oha;
@@ -209,6 +220,9 @@ fn main() {
         unsafe { libc::geteuid() } == 0,
         "the e2e bench starts vimanad, which runs containers: run it as root"
     );
+    if let Some(calls) = args.calls {
+        return counted::main(&args, calls);
+    }
     let caddy_binary = match args.caddy {
         CaddyChoice::Off => None,
         CaddyChoice::IfFound => caddy::find()
