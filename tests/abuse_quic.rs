@@ -288,14 +288,16 @@ async fn an_initial_flood_from_one_address_is_held_to_its_limits_and_others_conn
         took.as_secs_f64(),
         base_done as f64 / base_time.as_secs_f64(),
     );
-    // A line once per burst, not per Initial.
+    // A line per shard and burst (10 s), not per Initial: a few against
+    // the hundreds of thousands refused (a loaded machine stretches the
+    // flood over more bursts).
     let log = node.log();
     let lines = log
         .lines()
         .filter(|l| l.contains("max-handshakes-per-source"))
         .count();
     assert!(
-        (1..=4).contains(&lines),
+        (1..=12).contains(&lines),
         "{lines} log lines for the limit:\n{log}"
     );
 }

@@ -77,15 +77,20 @@ impl Node {
     }
 
     /// The address of the operator's endpoint (`/metrics`, ...), from the
-    /// log line `serving metrics`; waits for it up to 10 s.
+    /// log line `serving metrics` of the running process (after a restart
+    /// the log also holds the previous process's line, whose port is
+    /// gone: only lines after the last `configuration:` line count); waits
+    /// for it up to 10 s.
     pub fn metrics_addr(&self) -> std::net::SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log =
                 std::fs::read_to_string(self.root.path().join("vimanad.log")).unwrap_or_default();
-            let found = log
+            let current = log
+                .rfind(" configuration: ")
+                .map_or(log.as_str(), |at| &log[at..]);
+            let found = current
                 .lines()
-                .rev()
                 .filter(|l| l.contains("serving metrics"))
                 .find_map(|l| l.split("address=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
