@@ -187,31 +187,6 @@ fn aioquic_at(
     result["calls"].as_array().unwrap().clone()
 }
 
-/// The sum of the node's samples of `name` whose labels include `label`
-/// (`key="value"`, or "" for any).
-fn metric(node: &Node, series: &str) -> f64 {
-    let (name, label) = match series.split_once('{') {
-        Some((name, label)) => (name, label),
-        None => (series, ""),
-    };
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(node.metrics_addr()).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn oversized_headers_refuse_that_request_and_keep_the_connection() {
     let mut node = Node::start().await;

@@ -260,23 +260,6 @@ fn well_behaved(node: &Node, n: usize) {
     }
 }
 
-/// The sum of the node's samples of `series` (`name` or `name{label`).
-fn metric(node: &Node, series: &str) -> f64 {
-    let (name, label) = series.split_once('{').unwrap_or((series, ""));
-    http_get(node.metrics_addr(), "/metrics")
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A plain HTTP/1.1 GET; the body.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};

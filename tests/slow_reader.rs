@@ -14,12 +14,6 @@ use vimana_example::pb;
 
 const V1: (&str, &str, &str) = ("example.com", SERVICE, "1.0.0");
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A quiche client that sends requests and then only keeps the connection
 /// alive: it never takes stream data, so its flow-control windows never
 /// open again.

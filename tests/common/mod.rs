@@ -924,3 +924,26 @@ impl Node {
             .map(|r| r.into_inner().container_id)
     }
 }
+
+/// vimanad's (or any process's) resident set, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The sum of the node's samples of `series` (`name`, or `name{label` to
+/// keep the samples whose labels include `label`), scraped from /metrics.
+pub fn metric(node: &Node, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let (name, label) = series.split_once('{').unwrap_or((series, ""));
+    let mut s = std::net::TcpStream::connect(node.metrics_addr()).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 
-use super::Fields;
-use crate::cli::grpc_frame as grpc;
+use super::{find, Fields};
+use crate::cli::grpc_frame::{self as grpc, Decoder};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub(super) enum Output {
@@ -67,5 +67,28 @@ pub(super) fn report(outcome: Outcome) -> ExitCode {
             eprintln!("{}", line.trim_end());
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
+    }
+}
+
+/// How a finished gRPC response ended, over either transport: the status
+/// and message from the trailers (or from the headers of a trailers-only
+/// response), INTERNAL when they are missing or a message is cut short.
+pub(super) fn grpc_end(response_headers: &Fields, trailers: &Fields, decoder: &Decoder) -> Outcome {
+    let fields = if trailers.is_empty() {
+        response_headers
+    } else {
+        trailers
+    };
+    let code = match find(fields, "grpc-status").map(str::parse) {
+        None => return Outcome::Grpc(13, "stream ended without grpc-status".into()),
+        Some(Err(_)) => return Outcome::Grpc(13, "invalid grpc-status".into()),
+        Some(Ok(code)) => code,
+    };
+    match decoder.finish() {
+        Err(e) => Outcome::Grpc(13, e.to_string()),
+        Ok(()) => Outcome::Grpc(
+            code,
+            grpc::percent_decode(find(fields, "grpc-message").unwrap_or("")),
+        ),
     }
 }

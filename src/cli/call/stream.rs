@@ -233,23 +233,6 @@ impl Call {
             let content_type = find(&self.response_headers, "content-type").unwrap_or_default();
             return Outcome::Http(status, content_type.to_owned(), self.other_body.clone());
         }
-        // Trailers, or the headers of a trailers-only response.
-        let fields = if self.trailers.is_empty() {
-            &self.response_headers
-        } else {
-            &self.trailers
-        };
-        let code = match find(fields, "grpc-status").map(str::parse) {
-            None => return Outcome::Grpc(13, "stream ended without grpc-status".into()),
-            Some(Err(_)) => return Outcome::Grpc(13, "invalid grpc-status".into()),
-            Some(Ok(code)) => code,
-        };
-        match self.decoder.finish() {
-            Err(e) => Outcome::Grpc(13, e.to_string()),
-            Ok(()) => Outcome::Grpc(
-                code,
-                grpc::percent_decode(find(fields, "grpc-message").unwrap_or("")),
-            ),
-        }
+        output::grpc_end(&self.response_headers, &self.trailers, &self.decoder)
     }
 }
