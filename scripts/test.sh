@@ -19,6 +19,11 @@ scripts/build-example-image.sh debug >/dev/null
 # Every fuzz target for 15 s (its seed corpus replayed first): about
 # 75 s of fuzzing plus the instrumented build (scripts/fuzz.sh).
 scripts/fuzz.sh all 15
+# .ci/run sets FUZZ_CLEAN_AFTER: the instrumented build is a second copy of
+# every dependency, not needed by what follows.
+if [[ ${FUZZ_CLEAN_AFTER:-0} == 1 ]]; then
+    rm -rf "${FUZZ_TARGET_DIR:-fuzz/target}"
+fi
 
 for bench in cri_start cri_status pull startup e2e primitives capacity downstream; do
     cargo test --bench "$bench" -- --quick
