@@ -41,6 +41,10 @@ fn client(seed: u64, local: SocketAddr, server: SocketAddr) -> quiche::Connectio
     config.set_initial_max_data(1 << 20);
     config.set_initial_max_stream_data_bidi_local(1 << 20);
     config.set_initial_max_streams_bidi(16);
+    // HTTP/3's control and QPACK streams: without them the node's HTTP/3
+    // setup fails and it closes the connection.
+    config.set_initial_max_streams_uni(3);
+    config.set_initial_max_stream_data_uni(1 << 16);
     let mut scid = [0u8; 16];
     scid[..8].copy_from_slice(&seed.to_be_bytes());
     scid[8..].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
@@ -340,14 +344,16 @@ async fn half_open_connections_are_gone_after_the_handshake_deadline() {
         })
     };
     let started = Instant::now();
+    // Counted as begun (a counter: on a loaded machine the 2 s idle
+    // deadline may pass before a scrape sees all 21 in progress at once).
     let open = wait_for(
         &node,
-        "vimanad_quic_handshakes_in_progress",
+        "vimanad_quic_handshakes_total",
         "",
         Duration::from_secs(2),
-        |v| v == 21.0,
+        |v| v >= 21.0,
     );
-    assert_eq!(open, 21.0, "every Initial opened a handshake");
+    assert!(open >= 21.0, "every Initial opened a handshake: {open}");
     let silent_gone = wait_for(
         &node,
         "vimanad_quic_handshakes_in_progress",
@@ -466,17 +472,18 @@ async fn a_retry_token_is_refused_under_another_connection_id_or_port() {
     }
     handshake(&mut c, &s, server);
     assert!(c.is_established());
-    // The node began exactly this one handshake: the replayed and the
-    // moved token began none. (Not asserted: that the node's side then
-    // completes. In this sequence it does not: the node's connection is
-    // gone, with no handshake timeout counted, while the quiche client
-    // reports itself established; not yet explained.)
+    // The node began exactly this one handshake (the replayed and the
+    // moved token began none) and completed it.
     let metrics = scrape(&node);
     assert_eq!(total(&metrics, "vimanad_quic_handshakes_total", ""), 1.0);
-    eprintln!(
-        "abuse_quic: handshakes completed on the node after the Retry: {}",
-        total(&metrics, "vimanad_quic_handshakes_completed_total", "")
+    let completed = wait_for(
+        &node,
+        "vimanad_quic_handshakes_completed_total",
+        "",
+        Duration::from_secs(5),
+        |v| v == 1.0,
     );
+    assert_eq!(completed, 1.0, "the node's side of the handshake completed");
 }
 
 #[tokio::test]

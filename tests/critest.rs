@@ -73,6 +73,17 @@ const EXPECTED_PASS: &[&str] = &[
     "runtime should support removing created container",
     "runtime should return version info",
     "runtime should return runtime conditions",
+    "runtime should support starting container",
+    "runtime should support stopping container",
+    "runtime should support execSync [Conformance]",
+    "runtime should support listing container stats",
+    "runtime should support listing stats for started containers [Conformance]",
+    "runtime should support listing stats for started containers when filter is nil",
+    "runtime should support listing stats for containers filtered by labels",
+    "runtime should support set hostname",
+    "runtime should support exec with tty=false and stdin=false",
+    "runtime should support exec with tty=true and stdin=true",
+    "should return error if RunAsGroup is set without RunAsUser",
 ];
 
 fn skip_regex() -> String {

@@ -72,6 +72,28 @@ fn request_headers_start_a_call_and_the_body_reaches_it() {
 }
 
 #[test]
+fn bodies_pass_through_one_buffer_that_each_pass_gives_back() {
+    let mut pipe = Pipe::new(100, 100);
+    let scratch = &pipe.settings.body_scratch;
+    assert_eq!(scratch.parked_at(), None, "made only when a body comes");
+    let id = pipe.request(&grpc_request("example.com", "/a.S/M"), false);
+    pipe.send_body(id, b"\0\0\0\0\x05hello", false);
+    let call = one_call(pipe.advance());
+    let first = pipe.settings.body_scratch.parked_at();
+    assert!(first.is_some(), "given back after the pass");
+    pipe.send_body(id, b"\0\0\0\0\x05world", true);
+    assert!(pipe.advance().is_empty());
+    assert_eq!(
+        pipe.settings.body_scratch.parked_at(),
+        first,
+        "the same buffer"
+    );
+    let (body, end) = drain_inbox(&call);
+    assert_eq!(body, b"\0\0\0\0\x05hello\0\0\0\0\x05world");
+    assert_eq!(end, Some(Inbound::End));
+}
+
+#[test]
 fn a_response_reaches_the_client_as_headers_messages_trailers() {
     let mut pipe = Pipe::new(100, 100);
     let id = pipe.request(&grpc_request("example.com", "/a.S/M"), true);

@@ -92,6 +92,7 @@ impl Shard {
                 conn_buffer_limit: settings.conn_buffer_limit,
                 reset_rate: settings.reset_rate,
                 reset_floods: Default::default(),
+                body_scratch: Default::default(),
             },
             conns: RefCell::new(HashMap::new()),
             routes: Rc::new(RefCell::new(routes)),
@@ -359,6 +360,8 @@ impl Shard {
                 if conn.is_established() {
                     handshake = None;
                     self.handshake_over();
+                    // QUIC's handshake, whether HTTP/3 then sets up or not.
+                    self.counters.get().handshakes_done.inc();
                     self.acceptor.sources().established(source);
                 } else if h.expired(conn.packets_received(), Instant::now()) {
                     // Silently, like an idle timeout (RFC 9000 §10.1): a

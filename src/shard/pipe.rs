@@ -111,6 +111,7 @@ impl Pipe {
                 conn_buffer_limit: 1 << 20,
                 reset_rate: 100,
                 reset_floods: Default::default(),
+                body_scratch: Default::default(),
             },
             client_addr,
             server_addr,

@@ -28,6 +28,40 @@ fn sides(ids: &[&str]) -> (bool, bool) {
     (vimana, downstream)
 }
 
+/// The container and pod IDs a container filter names ("" when none).
+fn container_ids<'a>(filter: Option<(&'a String, &'a String)>) -> [&'a str; 2] {
+    filter.map_or(["", ""], |(id, pod)| [id.as_str(), pod.as_str()])
+}
+
+/// Runs the sides of a list that [`sides`] asks (`asks`: vimanad's, the
+/// downstream's) at once and appends the downstream's items to vimanad's
+/// answer. A side not asked is never polled.
+async fn merge<R: Default, T>(
+    (vimana, downstream): (bool, bool),
+    mine: impl Future<Output = Result<R, Status>>,
+    theirs: impl Future<Output = Vec<T>>,
+    items: impl FnOnce(&mut R) -> &mut Vec<T>,
+) -> Reply<R> {
+    let mine = async {
+        if vimana {
+            mine.await
+        } else {
+            Ok(R::default())
+        }
+    };
+    let theirs = async {
+        if downstream {
+            theirs.await
+        } else {
+            Vec::new()
+        }
+    };
+    let (mine, theirs) = tokio::join!(mine, theirs);
+    let mut mine = mine?;
+    items(&mut mine).extend(theirs);
+    Ok(Response::new(mine))
+}
+
 impl Downstream {
     /// One downstream list call; on failure the last good answer for the
     /// same filter, or nothing.
@@ -79,32 +113,19 @@ impl Router {
             return self.vimana.list_pod_sandbox(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let id = filter.as_ref().map_or("", |f| f.id.as_str());
-        let (vimana, downstream) = sides(&[id]);
+        let asks = sides(&[filter.as_ref().map_or("", |f| f.id.as_str())]);
         let mut client = d.client.runtime();
-        let theirs = async {
-            if !downstream {
-                return Vec::new();
-            }
-            let call = client.list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: filter.clone(),
-            });
-            d.list("ListPodSandbox", key(&filter), &d.pods, call, |r| r.items)
-                .await
-        };
+        let call = client.list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: filter.clone(),
+        });
+        let theirs = d.list("ListPodSandbox", key(&filter), &d.pods, call, |r| r.items);
         let mine = async {
-            if !vimana {
-                return Ok(Default::default());
-            }
             self.vimana
                 .list_pod_sandbox(req)
                 .await
                 .map(Response::into_inner)
         };
-        let (mine, theirs) = tokio::join!(mine, theirs);
-        let mut mine: cri::ListPodSandboxResponse = mine?;
-        mine.items.extend(theirs);
-        Ok(Response::new(mine))
+        merge(asks, mine, theirs, |r| &mut r.items).await
     }
 
     pub(super) async fn merged_containers(
@@ -115,36 +136,23 @@ impl Router {
             return self.vimana.list_containers(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let (id, pod) = filter
-            .as_ref()
-            .map_or(("", ""), |f| (f.id.as_str(), f.pod_sandbox_id.as_str()));
-        let (vimana, downstream) = sides(&[id, pod]);
+        let asks = sides(&container_ids(
+            filter.as_ref().map(|f| (&f.id, &f.pod_sandbox_id)),
+        ));
         let mut client = d.client.runtime();
-        let theirs = async {
-            if !downstream {
-                return Vec::new();
-            }
-            let call = client.list_containers(cri::ListContainersRequest {
-                filter: filter.clone(),
-            });
-            d.list("ListContainers", key(&filter), &d.containers, call, |r| {
-                r.containers
-            })
-            .await
-        };
+        let call = client.list_containers(cri::ListContainersRequest {
+            filter: filter.clone(),
+        });
+        let theirs = d.list("ListContainers", key(&filter), &d.containers, call, |r| {
+            r.containers
+        });
         let mine = async {
-            if !vimana {
-                return Ok(Default::default());
-            }
             self.vimana
                 .list_containers(req)
                 .await
                 .map(Response::into_inner)
         };
-        let (mine, theirs) = tokio::join!(mine, theirs);
-        let mut mine: cri::ListContainersResponse = mine?;
-        mine.containers.extend(theirs);
-        Ok(Response::new(mine))
+        merge(asks, mine, theirs, |r| &mut r.containers).await
     }
 
     pub(super) async fn merged_container_stats(
@@ -155,37 +163,22 @@ impl Router {
             return self.vimana.list_container_stats(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let (id, pod) = filter
-            .as_ref()
-            .map_or(("", ""), |f| (f.id.as_str(), f.pod_sandbox_id.as_str()));
-        let (vimana, downstream) = sides(&[id, pod]);
+        let asks = sides(&container_ids(
+            filter.as_ref().map(|f| (&f.id, &f.pod_sandbox_id)),
+        ));
         let mut client = d.client.runtime();
-        let theirs = async {
-            if !downstream {
-                return Vec::new();
-            }
-            let call = client.list_container_stats(cri::ListContainerStatsRequest {
-                filter: filter.clone(),
-            });
-            d.list(
-                "ListContainerStats",
-                key(&filter),
-                &d.container_stats,
-                call,
-                |r| r.stats,
-            )
-            .await
-        };
-        let mine = async {
-            if !vimana {
-                return Ok(Default::default());
-            }
-            or_empty(self.vimana.list_container_stats(req).await, downstream)
-        };
-        let (mine, theirs) = tokio::join!(mine, theirs);
-        let mut mine: cri::ListContainerStatsResponse = mine?;
-        mine.stats.extend(theirs);
-        Ok(Response::new(mine))
+        let call = client.list_container_stats(cri::ListContainerStatsRequest {
+            filter: filter.clone(),
+        });
+        let theirs = d.list(
+            "ListContainerStats",
+            key(&filter),
+            &d.container_stats,
+            call,
+            |r| r.stats,
+        );
+        let mine = async { or_empty(self.vimana.list_container_stats(req).await, asks.1) };
+        merge(asks, mine, theirs, |r| &mut r.stats).await
     }
 
     pub(super) async fn merged_pod_stats(
@@ -196,35 +189,20 @@ impl Router {
             return self.vimana.list_pod_sandbox_stats(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let id = filter.as_ref().map_or("", |f| f.id.as_str());
-        let (vimana, downstream) = sides(&[id]);
+        let asks = sides(&[filter.as_ref().map_or("", |f| f.id.as_str())]);
         let mut client = d.client.runtime();
-        let theirs = async {
-            if !downstream {
-                return Vec::new();
-            }
-            let call = client.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
-                filter: filter.clone(),
-            });
-            d.list(
-                "ListPodSandboxStats",
-                key(&filter),
-                &d.pod_stats,
-                call,
-                |r| r.stats,
-            )
-            .await
-        };
-        let mine = async {
-            if !vimana {
-                return Ok(Default::default());
-            }
-            or_empty(self.vimana.list_pod_sandbox_stats(req).await, downstream)
-        };
-        let (mine, theirs) = tokio::join!(mine, theirs);
-        let mut mine: cri::ListPodSandboxStatsResponse = mine?;
-        mine.stats.extend(theirs);
-        Ok(Response::new(mine))
+        let call = client.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: filter.clone(),
+        });
+        let theirs = d.list(
+            "ListPodSandboxStats",
+            key(&filter),
+            &d.pod_stats,
+            call,
+            |r| r.stats,
+        );
+        let mine = async { or_empty(self.vimana.list_pod_sandbox_stats(req).await, asks.1) };
+        merge(asks, mine, theirs, |r| &mut r.stats).await
     }
 
     /// Both sides' descriptors, one per name.
