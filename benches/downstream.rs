@@ -222,4 +222,8 @@ async fn main() {
         .await
         .unwrap();
     node.remove_running_pod(&component).await;
+    // SIGTERM, as an operator stops it (and a profiler wrapping vimanad
+    // then writes its output; see BENCHMARKS.md).
+    let status = node.stop_gracefully();
+    assert!(status.success(), "vimanad exited with {status}");
 }
