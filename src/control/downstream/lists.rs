@@ -28,11 +28,6 @@ fn sides(ids: &[&str]) -> (bool, bool) {
     (vimana, downstream)
 }
 
-/// The container and pod IDs a container filter names ("" when none).
-fn container_ids<'a>(filter: Option<(&'a String, &'a String)>) -> [&'a str; 2] {
-    filter.map_or(["", ""], |(id, pod)| [id.as_str(), pod.as_str()])
-}
-
 /// Runs the sides of a list that [`sides`] asks (`asks`: vimanad's, the
 /// downstream's) at once and appends the downstream's items to vimanad's
 /// answer. A side not asked is never polled.
@@ -136,9 +131,11 @@ impl Router {
             return self.vimana.list_containers(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let asks = sides(&container_ids(
-            filter.as_ref().map(|f| (&f.id, &f.pod_sandbox_id)),
-        ));
+        let asks = sides(
+            &filter
+                .as_ref()
+                .map_or(["", ""], |f| [f.id.as_str(), f.pod_sandbox_id.as_str()]),
+        );
         let mut client = d.client.runtime();
         let call = client.list_containers(cri::ListContainersRequest {
             filter: filter.clone(),
@@ -163,9 +160,11 @@ impl Router {
             return self.vimana.list_container_stats(req).await;
         };
         let filter = req.get_ref().filter.clone();
-        let asks = sides(&container_ids(
-            filter.as_ref().map(|f| (&f.id, &f.pod_sandbox_id)),
-        ));
+        let asks = sides(
+            &filter
+                .as_ref()
+                .map_or(["", ""], |f| [f.id.as_str(), f.pod_sandbox_id.as_str()]),
+        );
         let mut client = d.client.runtime();
         let call = client.list_container_stats(cri::ListContainerStatsRequest {
             filter: filter.clone(),
